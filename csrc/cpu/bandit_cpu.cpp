@@ -1,0 +1,83 @@
+// The EXP3 update and mask sampling on CPU: n is hundreds to thousands of
+// arms, so these are serial loops over the shared math in slsam/bandit.h.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/DistributionsHelper.h>
+#include <torch/library.h>
+
+#include <mutex>
+#include <vector>
+
+#include "slsam/bandit.h"
+
+namespace slsam::cpu {
+namespace {
+
+void check_bandit_args(const at::Tensor& probs, const at::Tensor& mask, const at::Tensor& norms) {
+  TORCH_CHECK(probs.dim() == 1 && probs.scalar_type() == at::kDouble && probs.is_contiguous(),
+              "slsam: probs must be a contiguous 1-D float64 tensor");
+  TORCH_CHECK(mask.dim() == 1 && mask.scalar_type() == at::kBool && mask.is_contiguous() &&
+                  mask.numel() == probs.numel(),
+              "slsam: mask must be a contiguous bool tensor with one entry per arm (",
+              probs.numel(), ")");
+  TORCH_CHECK(norms.dim() == 1 && norms.scalar_type() == at::kFloat && norms.is_contiguous(),
+              "slsam: norms must be a contiguous 1-D float32 tensor");
+}
+
+void bandit_update_cpu(const at::Tensor& probs, const at::Tensor& mask, const at::Tensor& norms,
+                       const std::optional<at::Tensor>& found_inf, double alpha, double k,
+                       bool normalize) {
+  check_bandit_args(probs, mask, norms);
+  const int64_t n = probs.numel();
+  const int64_t active = mask.sum().item<int64_t>();
+  TORCH_CHECK(norms.numel() == active, "slsam: norms has ", norms.numel(),
+              " entries but mask has ", active, " active arms");
+  if (found_inf.has_value() && found_inf->item<double>() != 0.0) return;
+  std::vector<double> w(static_cast<size_t>(n));
+  std::vector<unsigned char> capped(static_cast<size_t>(n));
+  bandit_update(probs.data_ptr<double>(), mask.const_data_ptr<bool>(),
+                norms.const_data_ptr<float>(), n, alpha, k, normalize, w.data(), capped.data());
+}
+
+// NOTE: bounded resampling. With valid probabilities an empty draw has
+// probability prod(1 - p_i), tiny for any real model; after kMaxDraws empty
+// draws (e.g. NaN probabilities) the arm with the largest probability is
+// taken, so a corrupted state can never hang the optimizer.
+constexpr int kMaxDraws = 1000;
+
+at::Tensor sample_mask_cpu(const at::Tensor& probs, std::optional<at::Generator> generator) {
+  TORCH_CHECK(probs.dim() == 1 && probs.scalar_type() == at::kDouble && probs.is_contiguous(),
+              "slsam: probs must be a contiguous 1-D float64 tensor");
+  const int64_t n = probs.numel();
+  at::Tensor mask = at::zeros({n}, probs.options().dtype(at::kBool));
+  if (n == 0) return mask;
+  const double* p = probs.const_data_ptr<double>();
+  bool* out = mask.data_ptr<bool>();
+  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(
+      generator, at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  at::uniform_real_distribution<double> uniform(0.0, 1.0);
+  for (int draw = 0; draw < kMaxDraws; ++draw) {
+    bool any = false;
+    for (int64_t i = 0; i < n; ++i) {
+      out[i] = uniform(gen) < p[i];
+      any = any || out[i];
+    }
+    if (any) return mask;
+  }
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i) {
+    if (p[i] > p[best]) best = i;
+  }
+  out[best] = true;
+  return mask;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(slsam, CPU, m) {
+  m.impl("bandit_update_", &bandit_update_cpu);
+  m.impl("sample_mask", &sample_mask_cpu);
+}
+
+}  // namespace slsam::cpu

@@ -1,0 +1,40 @@
+// CPU multi-tensor loop: one at::parallel_for over the chunk table of a
+// tensor list (see include/slsam/chunks.h), so a list of thousands of small
+// tensors is one parallel region, not thousands.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "slsam/chunks.h"
+
+namespace slsam::cpu {
+
+// Elements per chunk: large enough to amortise the per-chunk dispatch,
+// small enough to balance two to a few dozen threads.
+constexpr int64_t kChunk = 1 << 16;
+
+inline std::vector<int64_t> numels_of(at::TensorList tensors) {
+  std::vector<int64_t> numels;
+  numels.reserve(tensors.size());
+  for (const auto& t : tensors) numels.push_back(t.numel());
+  return numels;
+}
+
+// Calls fn(tensor_index, begin, end) for every chunk, in parallel.
+template <typename Fn>
+void for_each_chunk(at::TensorList tensors, Fn fn) {
+  const auto table = chunk_table(numels_of(tensors), kChunk);
+  at::parallel_for(0, static_cast<int64_t>(table.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) fn(table[c].tensor, table[c].begin, table[c].end);
+  });
+}
+
+}  // namespace slsam::cpu
+
+// The dtypes every kernel accepts.
+#define SLSAM_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)

@@ -1,0 +1,81 @@
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "../checks.h"
+#include "cpu_loops.h"
+#include "slsam/reduce.h"
+
+namespace slsam::cpu {
+namespace {
+
+// NOTE: deterministic two-pass reduction. Pass 1 writes one partial sum of
+// squares per chunk (fixed chunk boundaries); pass 2 adds each tensor's
+// partials in chunk order. The bits depend only on the data.
+std::tuple<at::Tensor, at::Tensor> grad_norms_cpu(at::TensorList grads,
+                                                  const std::optional<at::TensorList>& weights) {
+  const size_t n = grads.size();
+  std::vector<at::Tensor> ws;
+  for (size_t i = 0; i < n; ++i) check_float_tensor(grads[i], "grads", i);
+  if (weights.has_value()) {
+    check_same_length(weights->size(), n, "weights", "grads");
+    for (size_t i = 0; i < n; ++i) {
+      check_like((*weights)[i], grads[i], "weights", "grads", i);
+    }
+  }
+  std::vector<at::Tensor> gs;
+  gs.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    TORCH_CHECK(grads[i].device() == grads[0].device(), "slsam: grads[", i, "] is on ",
+                grads[i].device(), " but grads[0] is on ", grads[0].device(),
+                "; move them to one device");
+    gs.push_back(grads[i].is_non_overlapping_and_dense() ? grads[i] : grads[i].contiguous());
+    if (weights.has_value()) ws.push_back(as_layout_of((*weights)[i], gs.back()));
+  }
+
+  const auto numels = numels_of(gs);
+  const auto table = chunk_table(numels, kChunk);
+  const auto first = chunk_offsets(numels, kChunk);
+  std::vector<double> partial(table.size());
+  at::parallel_for(0, static_cast<int64_t>(table.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) {
+      const auto& ch = table[c];
+      const at::Tensor& g = gs[ch.tensor];
+      SLSAM_DISPATCH_FLOATING(g.scalar_type(), "grad_norms_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const scalar_t* gp = g.const_data_ptr<scalar_t>() + ch.begin;
+        if (ws.empty()) {
+          partial[c] = sum_squares<acc_t>(ch.end - ch.begin,
+                                          [&](int64_t i) { return static_cast<acc_t>(gp[i]); });
+        } else {
+          const scalar_t* wp = ws[ch.tensor].const_data_ptr<scalar_t>() + ch.begin;
+          partial[c] = sum_squares<acc_t>(ch.end - ch.begin, [&](int64_t i) {
+            return std::abs(static_cast<acc_t>(wp[i])) * static_cast<acc_t>(gp[i]);
+          });
+        }
+      });
+    }
+  });
+
+  auto opts = at::TensorOptions().dtype(at::kFloat).device(at::kCPU);
+  at::Tensor norms = at::empty({static_cast<int64_t>(n)}, opts);
+  float* np = norms.data_ptr<float>();
+  double total = 0.0;
+  for (size_t t = 0; t < n; ++t) {
+    double s = 0.0;
+    for (int64_t c = first[t]; c < first[t + 1]; ++c) s += partial[c];
+    np[t] = static_cast<float>(std::sqrt(s));
+    total += s;
+  }
+  return {norms, at::scalar_tensor(std::sqrt(total), opts)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(slsam, CPU, m) { m.impl("grad_norms", &grad_norms_cpu); }
+
+}  // namespace slsam::cpu

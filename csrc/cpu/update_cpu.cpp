@@ -1,0 +1,148 @@
+// Fused perturb, restore and restore + AdamW on CPU.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <vector>
+
+#include "../checks.h"
+#include "cpu_loops.h"
+#include "slsam/elementwise.h"
+
+namespace slsam::cpu {
+namespace {
+
+// Reads a one-element CPU tensor as double (no dispatcher round trip: this runs
+// once per tensor per step).
+double scalar_of(const at::Tensor& t) {
+  TORCH_CHECK(t.numel() == 1 && t.device().is_cpu(), "slsam: expected a one-element CPU tensor");
+  double out = 0.0;
+  AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, t.scalar_type(), "scalar_of",
+                             [&] { out = static_cast<double>(*t.const_data_ptr<scalar_t>()); });
+  return out;
+}
+
+void perturb_cpu(at::TensorList params, at::TensorList grads, at::TensorList backups,
+                 const at::Tensor& total_norm, double rho, bool adaptive) {
+  check_same_length(grads.size(), params.size(), "grads", "params");
+  check_same_length(backups.size(), params.size(), "backups", "params");
+  TORCH_CHECK(total_norm.numel() == 1, "slsam: total_norm must have one element, got ",
+              total_norm.numel());
+  std::vector<at::Tensor> gs;
+  for (size_t i = 0; i < params.size(); ++i) {
+    check_float_tensor(params[i], "params", i);
+    check_dense(params[i], "params", i);
+    check_like(grads[i], params[i], "grads", "params", i);
+    check_like(backups[i], params[i], "backups", "params", i);
+    TORCH_CHECK(backups[i].strides() == params[i].strides(), "slsam: backups[", i,
+                "] must have the strides of params[", i, "] (use torch.empty_like)");
+    gs.push_back(as_layout_of(grads[i], params[i]));
+  }
+  const double scale = perturb_scale<double>(scalar_of(total_norm), rho, 1e-12);
+  for_each_chunk(params, [&](int64_t t, int64_t b, int64_t e) {
+    SLSAM_DISPATCH_FLOATING(params[t].scalar_type(), "perturb_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      scalar_t* x = params[t].data_ptr<scalar_t>();
+      scalar_t* bk = backups[t].data_ptr<scalar_t>();
+      const scalar_t* g = gs[t].const_data_ptr<scalar_t>();
+      const acc_t s = static_cast<acc_t>(scale);
+      for (int64_t i = b; i < e; ++i) {
+        bk[i] = x[i];
+        x[i] = static_cast<scalar_t>(perturb_element<acc_t>(
+            static_cast<acc_t>(x[i]), static_cast<acc_t>(g[i]), s, adaptive));
+      }
+    });
+  });
+}
+
+void restore_cpu(at::TensorList params, at::TensorList backups) {
+  check_same_length(backups.size(), params.size(), "backups", "params");
+  std::vector<at::Tensor> bks;
+  for (size_t i = 0; i < params.size(); ++i) {
+    check_float_tensor(params[i], "params", i);
+    check_dense(params[i], "params", i);
+    check_like(backups[i], params[i], "backups", "params", i);
+    bks.push_back(as_layout_of(backups[i], params[i]));
+  }
+  for_each_chunk(params, [&](int64_t t, int64_t b, int64_t e) {
+    const int64_t item = params[t].element_size();
+    std::memcpy(static_cast<char*>(params[t].data_ptr()) + b * item,
+                static_cast<const char*>(bks[t].const_data_ptr()) + b * item, (e - b) * item);
+  });
+}
+
+void restore_adamw_cpu(at::TensorList params, at::TensorList backups, at::TensorList grads,
+                       at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                       at::TensorList steps, double lr, double beta1, double beta2,
+                       double weight_decay, double eps,
+                       const std::optional<at::Tensor>& grad_scale,
+                       const std::optional<at::Tensor>& found_inf) {
+  const size_t n = params.size();
+  check_same_length(backups.size(), n, "backups", "params");
+  check_same_length(grads.size(), n, "grads", "params");
+  check_same_length(exp_avgs.size(), n, "exp_avgs", "params");
+  check_same_length(exp_avg_sqs.size(), n, "exp_avg_sqs", "params");
+  check_same_length(steps.size(), n, "steps", "params");
+  std::vector<at::Tensor> bks, gs;
+  for (size_t i = 0; i < n; ++i) {
+    check_float_tensor(params[i], "params", i);
+    check_dense(params[i], "params", i);
+    check_like(backups[i], params[i], "backups", "params", i);
+    check_like(grads[i], params[i], "grads", "params", i);
+    check_like(exp_avgs[i], params[i], "exp_avgs", "params", i);
+    check_like(exp_avg_sqs[i], params[i], "exp_avg_sqs", "params", i);
+    TORCH_CHECK(exp_avgs[i].strides() == params[i].strides() &&
+                    exp_avg_sqs[i].strides() == params[i].strides(),
+                "slsam: exp_avgs[", i, "] and exp_avg_sqs[", i,
+                "] must have the strides of params[", i, "] (use torch.zeros_like)");
+    TORCH_CHECK(steps[i].numel() == 1 && steps[i].device() == params[i].device(),
+                "slsam: steps[", i, "] must be a one-element tensor on ", params[i].device());
+    bks.push_back(as_layout_of(backups[i], params[i]));
+    gs.push_back(as_layout_of(grads[i], params[i]));
+  }
+  const bool skip = found_inf.has_value() && scalar_of(*found_inf) != 0.0;
+  if (skip) {
+    restore_cpu(params, bks);
+    return;
+  }
+  const double inv_scale = grad_scale.has_value() ? 1.0 / scalar_of(*grad_scale) : 1.0;
+  std::vector<double> next_step(n);
+  for (size_t i = 0; i < n; ++i) next_step[i] = scalar_of(steps[i]) + 1.0;
+  for_each_chunk(params, [&](int64_t t, int64_t b, int64_t e) {
+    SLSAM_DISPATCH_FLOATING(params[t].scalar_type(), "restore_adamw_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      scalar_t* x = params[t].data_ptr<scalar_t>();
+      scalar_t* m = exp_avgs[t].data_ptr<scalar_t>();
+      scalar_t* v = exp_avg_sqs[t].data_ptr<scalar_t>();
+      const scalar_t* x0 = bks[t].const_data_ptr<scalar_t>();
+      const scalar_t* g = gs[t].const_data_ptr<scalar_t>();
+      const auto s = adamw_scalars<acc_t>(lr, beta1, beta2, weight_decay, eps, next_step[t]);
+      const acc_t unscale = static_cast<acc_t>(inv_scale);
+      for (int64_t i = b; i < e; ++i) {
+        acc_t mi = static_cast<acc_t>(m[i]);
+        acc_t vi = static_cast<acc_t>(v[i]);
+        const acc_t xi = restore_adamw_element<acc_t>(
+            static_cast<acc_t>(x0[i]), static_cast<acc_t>(g[i]) * unscale, mi, vi, s);
+        m[i] = static_cast<scalar_t>(mi);
+        v[i] = static_cast<scalar_t>(vi);
+        x[i] = static_cast<scalar_t>(xi);
+      }
+    });
+  });
+  for (size_t i = 0; i < n; ++i) {
+    AT_DISPATCH_FLOATING_TYPES(steps[i].scalar_type(), "restore_adamw_cpu_step", [&] {
+      *steps[i].data_ptr<scalar_t>() = static_cast<scalar_t>(next_step[i]);
+    });
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(slsam, CPU, m) {
+  m.impl("perturb_", &perturb_cpu);
+  m.impl("restore_", &restore_cpu);
+  m.impl("restore_adamw_", &restore_adamw_cpu);
+}
+
+}  // namespace slsam::cpu

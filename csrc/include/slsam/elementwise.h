@@ -1,0 +1,79 @@
+// Per-element math of the fused optimizer kernels, in fp32 (or the caller's
+// accumulation type). Called by the CPU loops and the CUDA kernels alike.
+#pragma once
+
+#include <cmath>
+
+#include "slsam/macros.h"
+
+namespace slsam {
+
+// NOTE: x - x is 0 for finite x and NaN for inf/NaN; portable to device code
+// where std::isfinite is not.
+template <typename T>
+SLSAM_HD inline bool is_finite(T x) {
+  return (x - x) == (x - x);
+}
+
+// SAM / ASAM perturbation of one element: x + scale * g, or, in the adaptive
+// (ASAM) form, x + scale * x^2 * g.
+template <typename acc_t>
+SLSAM_HD inline acc_t perturb_element(acc_t x, acc_t g, acc_t scale, bool adaptive) {
+  return adaptive ? x + scale * x * x * g : x + scale * g;
+}
+
+// Scale of the perturbation, rho / (||g|| + eps), read from the device-side
+// norm. A non-finite norm (NaN/inf gradients) gives 0: the weights are then
+// not moved at all, and the step is skipped later by found_inf.
+template <typename acc_t>
+SLSAM_HD inline acc_t perturb_scale(acc_t total_norm, acc_t rho, acc_t eps) {
+  return is_finite(total_norm) ? rho / (total_norm + eps) : acc_t(0);
+}
+
+// Hyper-parameters of one AdamW step for one tensor; the bias corrections
+// depend on the tensor's own step count (sparse updates: every tensor has its
+// own count). acc_t is float for float/bf16/fp16 tensors, double for double.
+template <typename acc_t>
+struct AdamWScalars {
+  acc_t lr;
+  acc_t beta1;
+  acc_t beta2;
+  acc_t weight_decay;
+  acc_t eps;
+  acc_t step_size;        // lr / (1 - beta1^step)
+  acc_t bias_corr2_sqrt;  // sqrt(1 - beta2^step)
+};
+
+template <typename acc_t>
+SLSAM_HD inline AdamWScalars<acc_t> adamw_scalars(double lr, double beta1, double beta2,
+                                                  double weight_decay, double eps,
+                                                  double step) {
+  AdamWScalars<acc_t> s;
+  s.lr = static_cast<acc_t>(lr);
+  s.beta1 = static_cast<acc_t>(beta1);
+  s.beta2 = static_cast<acc_t>(beta2);
+  s.weight_decay = static_cast<acc_t>(weight_decay);
+  s.eps = static_cast<acc_t>(eps);
+  s.step_size = static_cast<acc_t>(lr / (1.0 - pow(beta1, step)));
+  s.bias_corr2_sqrt = static_cast<acc_t>(sqrt(1.0 - pow(beta2, step)));
+  return s;
+}
+
+// Restore + AdamW for one element. `x0` is the unperturbed weight (the
+// backup): restoring and updating in one pass reads x0 once and writes x once
+// instead of copying x0 into x and then reading x again.
+// Same operation order as torch.optim.AdamW (decoupled decay, lerp for m).
+template <typename acc_t>
+SLSAM_HD inline acc_t restore_adamw_element(acc_t x0, acc_t g, acc_t& m, acc_t& v,
+                                            const AdamWScalars<acc_t>& s) {
+  const acc_t one(1);
+  const acc_t x = x0 * (one - s.lr * s.weight_decay);
+  const acc_t w1 = one - s.beta1;
+  // torch's lerp: start + w * (end - start) for w < 0.5, else end - (end - start) * (1 - w)
+  m = w1 < acc_t(0.5) ? m + w1 * (g - m) : g - (g - m) * (one - w1);
+  v = s.beta2 * v + (one - s.beta2) * g * g;
+  const acc_t denom = sqrt(v) / s.bias_corr2_sqrt + s.eps;
+  return x - s.step_size * (m / denom);
+}
+
+}  // namespace slsam

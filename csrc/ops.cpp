@@ -1,0 +1,43 @@
+// The slsam operator schemas: the one place they are defined. Kernels live in
+// cpu/*.cpp and cuda/*.cu (TORCH_LIBRARY_IMPL per device), fake (meta)
+// implementations in slsam/ops.py. To add an operator, see csrc/README.md.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing slsam._C loads this library, which runs the registrations below.
+// No pybind11: the module is empty, so it can be built against the stable
+// (limited) Python API and one wheel serves every Python >= 3.9.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(slsam, m) {
+  // Per-tensor L2 norms (fp32, shape [n]) and the global norm (fp32, shape
+  // []) of `grads`; with `weights`, the norms of weights.abs() * grads (ASAM).
+  m.def("grad_norms(Tensor[] grads, Tensor[]? weights=None) -> (Tensor, Tensor)");
+  // backups[i] = params[i]; params[i] += rho / (total_norm + 1e-12) * grads[i]
+  // (* params[i]^2 when adaptive). A non-finite total_norm moves nothing.
+  m.def(
+      "perturb_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] backups, "
+      "Tensor total_norm, float rho, bool adaptive=False) -> ()");
+  // params[i] = backups[i], bit for bit.
+  m.def("restore_(Tensor(a!)[] params, Tensor[] backups) -> ()");
+  // params[i] = AdamW step from backups[i] with grads[i] (optionally divided by
+  // grad_scale); when found_inf is non-zero, only the restore happens.
+  m.def(
+      "restore_adamw_(Tensor(a!)[] params, Tensor[] backups, Tensor[] grads, "
+      "Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] steps, "
+      "float lr, float beta1, float beta2, float weight_decay, float eps, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  // EXP3 update of `probs` (fp64 [n]) from the norms (fp32, one per true entry
+  // of `mask`, in order), then the capped projection onto sum = k. Skipped
+  // when found_inf is non-zero.
+  m.def(
+      "bandit_update_(Tensor(a!) probs, Tensor mask, Tensor norms, Tensor? found_inf, "
+      "float alpha, float k, bool normalize=False) -> ()");
+  // Bernoulli(probs) mask, resampled until not empty.
+  m.def("sample_mask(Tensor probs, Generator? generator=None) -> Tensor");
+}

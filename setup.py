@@ -1,0 +1,76 @@
+"""Build slsam's C++/CUDA extension with torch.utils.cpp_extension.
+
+    pip install --no-build-isolation -e .     # torch must already be installed
+
+SLSAM_BUILD_CUDA=auto|0|1 (default auto): the CUDA kernels are built when torch
+is a CUDA build and a toolkit is found (CUDA_HOME); 1 makes a missing toolkit
+an error, 0 builds the CPU kernels only. TORCH_CUDA_ARCH_LIST defaults to
+"9.0" (Hopper) when unset, since a machine without a GPU cannot guess it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+import torch
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+PY_LIMITED_API = "0x03090000"  # the extension has no Python API: one wheel for 3.9+
+
+
+def want_cuda() -> bool:
+    mode = os.environ.get("SLSAM_BUILD_CUDA", "auto").strip().lower()
+    if mode not in {"auto", "0", "1"}:
+        raise RuntimeError(f"SLSAM_BUILD_CUDA must be auto, 0 or 1, got {mode!r}")
+    available = torch.version.cuda is not None and CUDA_HOME is not None
+    if mode == "1" and not available:
+        raise RuntimeError(
+            "SLSAM_BUILD_CUDA=1 but "
+            + ("torch is a CPU build" if torch.version.cuda is None else "no CUDA toolkit was found")
+            + f" (torch {torch.__version__}, CUDA_HOME={CUDA_HOME}); "
+            "install a CUDA torch and set CUDA_HOME, or use SLSAM_BUILD_CUDA=0"
+        )
+    return mode == "1" or (mode == "auto" and available)
+
+
+def sources(pattern: str) -> list[str]:
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def extension():
+    use_cuda = want_cuda()
+    srcs = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
+    cxx = ["-O3", "-std=c++17", "-fopenmp", f"-DPy_LIMITED_API={PY_LIMITED_API}"]
+    args: dict[str, list[str]] = {"cxx": cxx}
+    kind = CppExtension
+    if use_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+        srcs += sources("csrc/cuda/*.cu")
+        args["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        cxx.append("-DSLSAM_WITH_CUDA")
+        kind = CUDAExtension
+    return kind(
+        "slsam._C",
+        srcs,
+        include_dirs=[os.path.join(ROOT, "csrc", "include")],
+        extra_compile_args=args,
+        extra_link_args=["-fopenmp"],
+        py_limited_api=True,
+    )
+
+
+setup(
+    name="slsam",
+    version="0.1.0",
+    description="Sparse Layer Sharpness-Aware Minimization (SL-SAM) for PyTorch, with fused C++/CUDA kernels",
+    packages=find_packages(include=["slsam", "slsam.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    python_requires=">=3.9",
+    install_requires=["numpy"],
+)
