@@ -1,0 +1,402 @@
+"""SLSAM and SAM optimizers: a thin Python layer over the slsam operators.
+
+One SL-SAM step (DESIGN.md §1): the active set S (sampled at the end of the
+previous step) holds ``requires_grad``; first pass at x; per-tensor norms r
+and the global norm; perturb S by rho * g / ||g||; second pass at x + e;
+restore x exactly and take the base step with the second gradients (fused
+with the restore for AdamW); EXP3 update of the probabilities from r; sample
+the next S. The only host sync is reading the next mask (n bools) to set
+``requires_grad``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from slsam import ops
+
+Closure = Callable[[], Tensor]
+
+
+def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool,
+                 fix: str) -> None:
+    ok = isinstance(value, (int, float)) and not math.isnan(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        lo = "(" if low_open else "["
+        raise ValueError(f"{name} must be in {lo}{low}, {high}], got {value!r}; {fix}")
+
+
+class SLSAM(torch.optim.Optimizer):
+    """Sparse Layer Sharpness-Aware Minimization.
+
+    Args:
+        params: parameters or param groups. A group with ``"always_active": True``
+            is perturbed and updated every step, outside the bandit (e.g. a freshly
+            initialised classifier head). Parameters with ``requires_grad=False`` at
+            construction stay frozen and are not arms.
+        base_optimizer: the optimizer class that takes the update step (AdamW:
+            fused restore + update kernel; any other: restore, then its ``step()``).
+        rho: perturbation radius.
+        sparsity: expected fraction s of arms (parameter tensors) active per step.
+        alpha: EXP3 learning rate.
+        p_min: the authors' p_min; it enters the loss only through a constant that
+            cancels exactly, so it does not change the update (kept for fidelity).
+        seed: seed of the mask generator; ``None`` draws one from torch's global RNG
+            (so ``torch.manual_seed`` makes runs reproducible).
+        adaptive: ASAM-style perturbation, ``rho * x^2 g / ||x g||``.
+        normalize_loss: divide r by its mean over the active arms before the EXP3
+            loss, which makes the bandit scale-free (the authors' loss collapses the
+            distribution onto a few arms when gradient norms are large).
+        **base_kwargs: passed to ``base_optimizer`` (lr, weight_decay, ...).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        base_optimizer: type[torch.optim.Optimizer] = torch.optim.AdamW,
+        rho: float = 0.01,
+        sparsity: float = 0.2,
+        alpha: float = 1e-3,
+        p_min: float = 1e-3,
+        seed: int | None = None,
+        *,
+        adaptive: bool = False,
+        normalize_loss: bool = False,
+        **base_kwargs: Any,
+    ) -> None:
+        _check_range("rho", rho, 0.0, math.inf, low_open=True, fix="use e.g. rho=0.05")
+        _check_range("sparsity", sparsity, 0.0, 1.0, low_open=True,
+                     fix="it is the expected fraction of active tensors, e.g. 0.2")
+        _check_range("alpha", alpha, 0.0, math.inf, low_open=False, fix="use e.g. alpha=1e-3")
+        _check_range("p_min", p_min, 0.0, 1.0, low_open=True, fix="use e.g. p_min=1e-3")
+        if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
+            raise TypeError(
+                f"base_optimizer must be an optimizer class such as torch.optim.AdamW, got "
+                f"{base_optimizer!r}; pass the class and its arguments as keywords, "
+                "e.g. SLSAM(params, torch.optim.SGD, lr=0.1)")
+        self._initialised = False
+        super().__init__(params, dict(rho=rho, adaptive=adaptive))
+        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        self.param_groups = self.base_optimizer.param_groups
+        self.defaults.update(self.base_optimizer.defaults)
+        self.state = self.base_optimizer.state
+        self.sparsity = float(sparsity)
+        self.alpha = float(alpha)
+        self.p_min = float(p_min)
+        self.normalize_loss = bool(normalize_loss)
+
+        trainable = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        devices = {p.device for p in trainable}
+        if len(devices) > 1:
+            raise ValueError(
+                f"params are on several devices ({sorted(map(str, devices))}); SLSAM needs one "
+                "device per optimizer: move the model with model.to(device) first")
+        self._device = devices.pop() if devices else torch.device("cpu")
+        self._arms: list[Tensor] = [
+            p for g in self.param_groups if not g.get("always_active", False)
+            for p in g["params"] if p.requires_grad]
+        self._always: list[Tensor] = [
+            p for g in self.param_groups if g.get("always_active", False)
+            for p in g["params"] if p.requires_grad]
+        self._trainable_ids = {id(p) for p in trainable}
+        n = len(self._arms)
+        self._k = self.sparsity * n
+        self._sparse = self._k < n  # sparsity 1: every arm always on, no bandit
+        self._generator = torch.Generator(device=self._device)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self._generator.manual_seed(int(seed))
+        self._probs = torch.full((n,), self.sparsity, dtype=torch.float64, device=self._device)
+        self._skipped = torch.zeros((), dtype=torch.int64, device=self._device)
+        self._no_grad = torch.zeros(0, dtype=torch.float32, device=self._device)
+        self._pending: dict[str, Any] | None = None
+        self._fused = self._fused_adamw_ok()
+        self._initialised = True
+        if self._sparse:
+            self._set_mask(ops.sample_mask(self._probs, self._generator))
+        else:
+            self._set_mask(torch.ones(n, dtype=torch.bool, device=self._device))
+
+    # ----- public state -----
+
+    @property
+    def probs(self) -> Tensor:
+        """Per-arm selection probabilities (fp64, one per arm tensor)."""
+        return self._probs.clone()
+
+    @property
+    def mask(self) -> Tensor:
+        """Arms active in the current step (bool, one per arm tensor)."""
+        return self._mask.clone()
+
+    @property
+    def arms(self) -> list[Tensor]:
+        """The parameter tensors the bandit chooses among, in ``probs`` order."""
+        return list(self._arms)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped because a gradient was not finite (reads the device)."""
+        return int(self._skipped.item())
+
+    @property
+    def rho(self) -> float:
+        return float(self.param_groups[0]["rho"])
+
+    @contextlib.contextmanager
+    def dense(self) -> Iterator[None]:
+        """Give every trainable tensor ``requires_grad`` back for the block."""
+        for p in self._arms:
+            p.requires_grad_(True)
+        try:
+            yield
+        finally:
+            self._apply_mask()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if getattr(self, "_initialised", False):
+            raise NotImplementedError(
+                "SLSAM's arms are fixed at construction; create a new optimizer "
+                "with all param groups instead of calling add_param_group")
+        super().add_param_group(param_group)
+
+    # ----- the step -----
+
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> Tensor | None:  # type: ignore[override]
+        """One SL-SAM step; returns the loss at the unperturbed point when it ran it.
+
+        ``closure`` computes the loss and runs backward (zeroing grads is optional:
+        the optimizer clears them between passes). If the active tensors already
+        hold gradients at entry (the user ran the first backward, as with
+        davda54/sam), they are the first pass and the closure runs once;
+        otherwise it runs twice (PyTorch's closure convention).
+        """
+        if closure is None:
+            raise RuntimeError(
+                "SLSAM.step() needs a closure that computes the loss and calls backward(), "
+                "e.g. opt.step(lambda: (loss_fn(model(x), y)).backward() or ...); "
+                "or call first_step() and second_step() around your own second pass")
+        if self._pending is not None:
+            raise RuntimeError("step() called between first_step() and second_step(); "
+                               "call second_step() first")
+        loss0 = None
+        if not any(p.grad is not None for p in self._active):
+            loss0 = self._call_closure(closure, "first")
+        self.first_step()
+        try:
+            loss1 = self._call_closure(closure, "second")
+        except BaseException:
+            self._abort()
+            raise
+        self.second_step()
+        return (loss0 if loss0 is not None else loss1).detach()
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        """Perturb the active tensors along their gradients (the first pass's).
+
+        Gradients are always cleared afterwards, so the second backward starts
+        clean; ``zero_grad`` is accepted for davda54/sam compatibility.
+        """
+        del zero_grad
+        if self._pending is not None:
+            raise RuntimeError("first_step() called twice; call second_step() after the "
+                               "second forward/backward")
+        arm_grads = [p.grad for p in self._active_arms]
+        always = [p for p in self._always if p.grad is not None]
+        norm_inputs = [g if g is not None else self._no_grad for g in arm_grads]
+        norm_inputs += [p.grad for p in always]
+        self._check_grads(norm_inputs)
+        norms, total = ops.grad_norms(norm_inputs, device=self._device)
+        groups: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]] = []
+        for group, active in zip(self.param_groups, self._active_by_group):
+            ps = [p for p in active if p.grad is not None]
+            groups.append((group, ps, [torch.empty_like(p) for p in ps]))
+        if any(g["adaptive"] for g in self.param_groups):
+            perturbed = [p for _, ps, _ in groups for p in ps]
+            _, total = ops.grad_norms([p.grad for p in perturbed], perturbed, device=self._device)
+        for group, ps, backups in groups:
+            ops.perturb_(ps, [p.grad for p in ps], backups, total, group["rho"], group["adaptive"])
+        self._pending = dict(
+            groups=groups,
+            arm_norms=norms[: len(arm_grads)],
+            found_inf=~torch.isfinite(total),
+        )
+        self._clear_grads()
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Restore the weights, take the base step with the second gradients,
+        update the bandit and sample the next mask. Gradients are cleared."""
+        del zero_grad
+        if self._pending is None:
+            raise RuntimeError("second_step() called before first_step(); call first_step() "
+                               "after the first backward")
+        pending = self._pending
+        grads2 = [p.grad for _, ps, _ in pending["groups"] for p in ps if p.grad is not None]
+        self._check_grads(grads2)
+        _, total2 = ops.grad_norms(grads2, device=self._device)
+        found_inf = pending["found_inf"] | ~torch.isfinite(total2)
+        if self._fused:
+            self._restore_adamw(pending["groups"], found_inf)
+        else:
+            for _, ps, backups in pending["groups"]:
+                ops.restore_(ps, backups)
+            if not bool(found_inf):  # host sync: only on the generic (non-AdamW) path
+                self.base_optimizer.step()
+        if self._sparse:
+            ops.bandit_update_(self._probs, self._mask, pending["arm_norms"], found_inf,
+                               self.alpha, self._k, self.normalize_loss)
+        self._skipped += found_inf
+        self._pending = None
+        self._clear_grads()
+        if self._sparse:
+            self._set_mask(ops.sample_mask(self._probs, self._generator))
+
+    # ----- state dict -----
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = self.base_optimizer.state_dict()
+        sd["slsam"] = {
+            "probs": self._probs.clone(),
+            "mask": self._mask.clone(),
+            "generator": self._generator.get_state(),
+            "skipped_steps": self._skipped.clone(),
+            "sparsity": self.sparsity,
+            "alpha": self.alpha,
+            "p_min": self.p_min,
+            "normalize_loss": self.normalize_loss,
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        sd = dict(state_dict)
+        extra = sd.pop("slsam", None)
+        if extra is None:
+            raise ValueError("state_dict has no 'slsam' entry: it was not saved by SLSAM/SAM")
+        if extra["probs"].numel() != len(self._arms):
+            raise ValueError(f"state_dict has {extra['probs'].numel()} arms, this optimizer "
+                             f"has {len(self._arms)}: was it saved for another model?")
+        if self._pending is not None:
+            self._abort()
+        self.base_optimizer.load_state_dict(sd)
+        # torch's load_state_dict replaces the group list and the state dict.
+        self.param_groups = self.base_optimizer.param_groups
+        self.state = self.base_optimizer.state
+        self._probs = extra["probs"].to(self._device, torch.float64).clone()
+        self._generator.set_state(extra["generator"])
+        self._skipped = extra["skipped_steps"].to(self._device).clone()
+        self.sparsity = float(extra["sparsity"])
+        self.alpha = float(extra["alpha"])
+        self.p_min = float(extra["p_min"])
+        self.normalize_loss = bool(extra["normalize_loss"])
+        self._k = self.sparsity * len(self._arms)
+        self._sparse = self._k < len(self._arms)
+        self._fused = self._fused_adamw_ok()
+        self._set_mask(extra["mask"].to(self._device, torch.bool))
+
+    # ----- internals -----
+
+    def _fused_adamw_ok(self) -> bool:
+        if type(self.base_optimizer) is not torch.optim.AdamW:
+            return False
+        return not any(g.get("amsgrad") or g.get("maximize") or g.get("differentiable")
+                       for g in self.param_groups)
+
+    def _set_mask(self, mask: Tensor) -> None:
+        self._mask = mask
+        self._mask_list: list[bool] = mask.tolist()  # the step's one host sync
+        self._apply_mask()
+
+    def _apply_mask(self) -> None:
+        for p, on in zip(self._arms, self._mask_list):
+            p.requires_grad_(on)
+        self._active_arms = [p for p, on in zip(self._arms, self._mask_list) if on]
+        ids = {id(p) for p in self._active_arms} | {id(p) for p in self._always}
+        self._active_by_group = [[p for p in g["params"] if id(p) in ids]
+                                 for g in self.param_groups]
+        self._active = self._active_arms + self._always
+
+    def _clear_grads(self) -> None:
+        for active in self._active_by_group:
+            for p in active:
+                p.grad = None
+
+    def _check_grads(self, grads: list[Tensor]) -> None:
+        for g in grads:
+            if g.is_sparse or g.layout != torch.strided:
+                raise ValueError("SLSAM got a sparse gradient; SAM needs dense gradients "
+                                 "(use nn.Embedding(sparse=False))")
+            if g.device != self._device and g.numel():
+                raise ValueError(f"a gradient is on {g.device} but the parameters are on "
+                                 f"{self._device}; keep model and gradients on one device")
+
+    def _call_closure(self, closure: Closure, which: str) -> Tensor:
+        with torch.enable_grad():
+            loss = closure()
+        if not isinstance(loss, Tensor):
+            raise TypeError(
+                f"the closure returned {type(loss).__name__} in the {which} pass; it must "
+                "compute the loss, call loss.backward() and `return loss`")
+        return loss
+
+    def _abort(self) -> None:
+        """Undo a first_step(): restore the weights, forget the pass."""
+        assert self._pending is not None
+        for _, ps, backups in self._pending["groups"]:
+            ops.restore_(ps, backups)
+        self._pending = None
+        self._clear_grads()
+
+    def _restore_adamw(self, groups: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]],
+                       found_inf: Tensor) -> None:
+        for group, ps, backups in groups:
+            upd = [i for i, p in enumerate(ps) if p.grad is not None]
+            rest = [i for i, p in enumerate(ps) if p.grad is None]
+            if rest:  # unused in the second pass: nothing to update with
+                ops.restore_([ps[i] for i in rest], [backups[i] for i in rest])
+            if not upd:
+                continue
+            params = [ps[i] for i in upd]
+            states = [self._adamw_state(p) for p in params]
+            beta1, beta2 = group["betas"]
+            ops.restore_adamw_(
+                params, [backups[i] for i in upd], [p.grad for p in params],
+                [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                [s["step"] for s in states], float(group["lr"]), float(beta1), float(beta2),
+                float(group["weight_decay"]), float(group["eps"]), None, found_inf)
+
+    def _adamw_state(self, p: Tensor) -> dict[str, Any]:
+        state = self.base_optimizer.state[p]
+        if not state:  # as torch.optim.AdamW lays it out (fused: step on the device)
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        elif state["step"].device != p.device:
+            state["step"] = state["step"].to(p.device)
+        return state
+
+
+class SAM(SLSAM):
+    """Sharpness-Aware Minimization (Foret et al. 2021): every tensor, every step,
+    on the same fused kernels as :class:`SLSAM` (which equals it at ``sparsity=1``)."""
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        base_optimizer: type[torch.optim.Optimizer] = torch.optim.AdamW,
+        rho: float = 0.05,
+        *,
+        adaptive: bool = False,
+        **base_kwargs: Any,
+    ) -> None:
+        super().__init__(params, base_optimizer, rho=rho, sparsity=1.0, seed=0,
+                         adaptive=adaptive, **base_kwargs)
