@@ -26,6 +26,17 @@ def has_kernel(op: str, device: torch.device | str) -> bool:
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"slsam::{op}", key)
 
 
+def _explain(err: NotImplementedError, **lists: Sequence[Tensor] | None) -> Exception:
+    """Turn the dispatcher's "no kernel for SparseCPU" into an error naming the input."""
+    for name, ts in lists.items():
+        for i, t in enumerate(ts or ()):
+            if t is not None and t.layout != torch.strided:
+                return ValueError(
+                    f"slsam: {name}[{i}] has layout {t.layout}; SAM needs dense gradients "
+                    "(e.g. nn.Embedding(sparse=False)) and dense parameters")
+    return err
+
+
 def grad_norms(
     grads: Sequence[Tensor],
     weights: Sequence[Tensor] | None = None,
@@ -43,7 +54,10 @@ def grad_norms(
     grads = list(grads)
     w = list(weights) if weights is not None else None
     if has_kernel("grad_norms", grads[0].device):
-        return _OPS.grad_norms(grads, w)
+        try:
+            return _OPS.grad_norms(grads, w)
+        except NotImplementedError as e:
+            raise _explain(e, grads=grads, weights=w) from e
     return reference.grad_norms(grads, w)
 
 
@@ -63,7 +77,10 @@ def perturb_(
     if not len(params):
         return
     if has_kernel("perturb_", params[0].device):
-        _OPS.perturb_(list(params), list(grads), list(backups), total_norm, rho, adaptive)
+        try:
+            _OPS.perturb_(list(params), list(grads), list(backups), total_norm, rho, adaptive)
+        except NotImplementedError as e:
+            raise _explain(e, params=params, grads=grads, backups=backups) from e
     else:
         reference.perturb_(params, grads, backups, total_norm, rho, adaptive)
 
@@ -104,7 +121,10 @@ def restore_adamw_(
             list(steps), float(lr), float(beta1), float(beta2), float(weight_decay), float(eps),
             grad_scale, found_inf)
     if has_kernel("restore_adamw_", params[0].device):
-        _OPS.restore_adamw_(*args)
+        try:
+            _OPS.restore_adamw_(*args)
+        except NotImplementedError as e:
+            raise _explain(e, params=params, backups=backups, grads=grads) from e
     else:
         reference.restore_adamw_(*args)
 
