@@ -164,7 +164,7 @@ def capped_projection(w: Tensor, k: float) -> Tensor:
     c = torch.zeros((), dtype=torch.float64, device=w.device)
     for _ in range(n + 1):
         free_sum = w[~capped].sum()
-        c = (k - capped.sum()) / free_sum if float(free_sum) > 0 else torch.zeros_like(free_sum)
+        c = (k - capped.sum().double()) / free_sum if float(free_sum) > 0 else torch.zeros_like(free_sum)
         new = ~capped & (c * w >= 1.0)
         if not bool(new.any()):
             break
