@@ -1,18 +1,7 @@
 // The slsam operator schemas: the one place they are defined. Kernels live in
 // cpu/*.cpp and cuda/*.cu (TORCH_LIBRARY_IMPL per device), fake (meta)
 // implementations in slsam/ops.py. To add an operator, see csrc/README.md.
-#include <Python.h>
 #include <torch/library.h>
-
-extern "C" {
-// Importing slsam._C loads this library, which runs the registrations below.
-// No pybind11: the module is empty, so it can be built against the stable
-// (limited) Python API and one wheel serves every Python >= 3.9.
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
 
 TORCH_LIBRARY(slsam, m) {
   // Per-tensor L2 norms (fp32, shape [n]) and the global norm (fp32, shape

@@ -14,8 +14,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from slsam import _C  # noqa: F401  (loading the library registers the operators)
-from slsam import reference
+from slsam import (
+    _C,  # noqa: F401  (loading the library registers the operators)
+    reference,
+)
 
 _OPS = torch.ops.slsam
 

@@ -105,7 +105,10 @@ def restore_adamw_(
             gg = gg * (1.0 / grad_scale.double().reshape(())).to(gg.dtype)
         mm, vv = _opmath(m), _opmath(v)
         dt = x.dtype
-        c = lambda v_: torch.tensor(v_, dtype=dt)  # noqa: E731 - scalars rounded like the kernel
+
+        def c(v_: float, dt: torch.dtype = dt) -> Tensor:  # scalars rounded like the kernel
+            return torch.tensor(v_, dtype=dt)
+
         x = x * (1.0 - c(lr) * c(weight_decay))
         mm = torch.lerp(mm, gg, c(1.0) - c(beta1))
         vv = c(beta2) * vv + (c(1.0) - c(beta2)) * gg * gg

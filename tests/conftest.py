@@ -25,7 +25,8 @@ def assert_within_ref_error(out, ref, truth, dtype, factor: float = 2.0) -> None
         scale = float(t.double().abs().max()) if t.numel() else 0.0
         floor = eps * max(scale, 1e-30)
         oe, re_ = max_err(o, t), max_err(r, t)
-        assert oe <= factor * re_ + floor, f"kernel error {oe:.3e} > {factor} x ref error {re_:.3e} + {floor:.3e}"
+        assert oe <= factor * re_ + floor, (
+            f"kernel error {oe:.3e} > {factor} x ref error {re_:.3e} + {floor:.3e}")
 
 
 def tiny_mlp(seed: int = 0, width: int = 16, depth: int = 4) -> torch.nn.Module:

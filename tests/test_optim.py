@@ -170,7 +170,7 @@ def test_first_backward_before_step_is_taken_as_first_pass(zero_in_closure):
         calls = []
         closure = make_closure(m2, o2, x, y, zero=zero_in_closure)
         F.cross_entropy(m2(x), y).backward()
-        o2.step(lambda c=closure: calls.append(1) or c())
+        o2.step(lambda c=closure, calls=calls: calls.append(1) or c())
         assert len(calls) == 1
     assert_same(snapshot(m1), snapshot(m2))
 

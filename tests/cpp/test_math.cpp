@@ -1,0 +1,144 @@
+// Unit tests of the torch-free kernel math in csrc/include/slsam (run by ctest).
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <vector>
+
+#include "slsam/bandit.h"
+#include "slsam/chunks.h"
+#include "slsam/elementwise.h"
+#include "slsam/reduce.h"
+
+static int failures = 0;
+#define CHECK(cond)                                                   \
+  do {                                                                \
+    if (!(cond)) {                                                    \
+      std::fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                     \
+    }                                                                 \
+  } while (0)
+
+static bool near(double a, double b, double tol) { return std::fabs(a - b) <= tol; }
+
+static void test_chunks() {
+  const std::vector<int64_t> numels = {0, 5, 10, 0, 1, (int64_t{1} << 32) + 3};
+  const int64_t chunk = 4;
+  const auto table = slsam::chunk_table({0, 5, 10, 0, 1}, chunk);
+  CHECK(table.size() == 2 + 3 + 1);
+  CHECK(table[0].tensor == 1 && table[0].begin == 0 && table[0].end == 4);
+  CHECK(table[1].tensor == 1 && table[1].begin == 4 && table[1].end == 5);
+  CHECK(table[4].tensor == 2 && table[4].end == 10);
+  CHECK(table[5].tensor == 4 && table[5].end == 1);
+  const auto first = slsam::chunk_offsets(numels, chunk);
+  CHECK(first[1] == 0 && first[2] == 2 && first[3] == 5 && first[4] == 5 && first[5] == 6);
+  // 64-bit sizes: a tensor of 2^32 + 3 elements has 2^30 + 1 chunks of 4.
+  CHECK(slsam::num_chunks(numels[5], chunk) == (int64_t{1} << 30) + 1);
+  CHECK(slsam::num_chunks(0, chunk) == 0);
+}
+
+static void test_sum_squares() {
+  std::vector<float> x(10007);
+  double exact = 0.0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    x[i] = static_cast<float>(std::sin(0.1 * static_cast<double>(i)));
+    exact += static_cast<double>(x[i]) * x[i];
+  }
+  auto value = [&](int64_t i) { return x[static_cast<size_t>(i)]; };
+  const double a = slsam::sum_squares<float>(static_cast<int64_t>(x.size()), value);
+  const double b = slsam::sum_squares<float>(static_cast<int64_t>(x.size()), value);
+  CHECK(a == b);
+  CHECK(near(a, exact, 1e-6 * exact));
+  CHECK(slsam::sum_squares<float>(0, value) == 0.0);
+}
+
+static void test_perturb() {
+  CHECK(slsam::perturb_element<float>(1.0f, 2.0f, 0.5f, false) == 2.0f);
+  CHECK(slsam::perturb_element<float>(2.0f, 1.0f, 0.5f, true) == 4.0f);  // 2 + 0.5*4*1
+  CHECK(slsam::perturb_scale<double>(2.0, 0.1, 0.0) == 0.05);
+  const double inf = std::numeric_limits<double>::infinity();
+  CHECK(slsam::perturb_scale<double>(inf, 0.1, 1e-12) == 0.0);
+  CHECK(slsam::perturb_scale<double>(std::nan(""), 0.1, 1e-12) == 0.0);
+}
+
+static void test_adamw() {
+  // One step from m = v = 0, step 1: m = (1-b1) g, v = (1-b2) g^2, and the
+  // bias-corrected update is lr * g / (|g| + eps') ~ lr * sign(g).
+  const auto s = slsam::adamw_scalars<double>(0.1, 0.9, 0.999, 0.0, 1e-8, 1.0);
+  double m = 0.0, v = 0.0;
+  const double x = slsam::restore_adamw_element<double>(1.0, 2.0, m, v, s);
+  CHECK(near(m, 0.2, 1e-15));
+  CHECK(near(v, 0.004, 1e-15));
+  CHECK(near(x, 1.0 - 0.1 * 2.0 / (2.0 + 1e-8), 1e-12));
+  // Decoupled weight decay with a zero gradient: x0 * (1 - lr * wd).
+  const auto d = slsam::adamw_scalars<double>(0.1, 0.9, 0.999, 0.5, 1e-8, 3.0);
+  double m2 = 0.0, v2 = 0.0;
+  CHECK(near(slsam::restore_adamw_element<double>(2.0, 0.0, m2, v2, d), 2.0 * 0.95, 1e-15));
+}
+
+static double sum(const std::vector<double>& p) {
+  double s = 0.0;
+  for (double v : p) s += v;
+  return s;
+}
+
+static void test_capped_projection() {
+  std::vector<double> w = {10.0, 1.0, 1.0, 1.0, 1.0};
+  std::vector<double> p(5);
+  std::vector<unsigned char> scratch(5);
+  slsam::capped_projection(w.data(), 5, 2.0, p.data(), scratch.data());
+  CHECK(p[0] == 1.0);  // capped
+  CHECK(near(p[1], 0.25, 1e-15) && near(p[4], 0.25, 1e-15));
+  CHECK(near(sum(p), 2.0, 1e-12));
+  slsam::capped_projection(w.data(), 5, 5.0, p.data(), scratch.data());
+  for (double v : p) CHECK(v == 1.0);
+  // A cascade of caps: capping the first raises the scale enough to cap the second.
+  std::vector<double> w2 = {100.0, 30.0, 1.0, 1.0, 1.0, 1.0};
+  std::vector<double> p2(6);
+  std::vector<unsigned char> s2(6);
+  slsam::capped_projection(w2.data(), 6, 3.0, p2.data(), s2.data());
+  CHECK(p2[0] == 1.0 && p2[1] == 1.0 && near(p2[2], 0.25, 1e-15));
+  CHECK(near(sum(p2), 3.0, 1e-12));
+}
+
+static void test_bandit_update() {
+  // Ties: equal r/p for all active arms gives lhat = 0, probabilities unchanged.
+  std::vector<double> p = {0.4, 0.4, 0.4, 0.4, 0.4};
+  const bool mask[5] = {true, false, true, false, true};
+  const float norms[3] = {2.0f, 2.0f, 2.0f};
+  std::vector<double> w(5);
+  std::vector<unsigned char> capped(5);
+  slsam::bandit_update(p.data(), mask, norms, 5, 1e-3, 2.0, false, w.data(), capped.data());
+  for (double v : p) CHECK(near(v, 0.4, 1e-15));
+  // The arm with the largest r/p gains probability, the others lose some.
+  const float uneven[3] = {1.0f, 4.0f, 2.0f};
+  slsam::bandit_update(p.data(), mask, uneven, 5, 1e-2, 2.0, false, w.data(), capped.data());
+  CHECK(p[2] > 0.4 && p[0] < 0.4 && p[4] < 0.4 && p[0] < p[4]);
+  CHECK(near(sum(p), 2.0, 1e-12));
+  // Normalised loss is scale-free: norms x1000 give the same update.
+  std::vector<double> a(5, 0.4), b(5, 0.4);
+  const float big[3] = {1000.0f, 4000.0f, 2000.0f};
+  slsam::bandit_update(a.data(), mask, uneven, 5, 1e-2, 2.0, true, w.data(), capped.data());
+  slsam::bandit_update(b.data(), mask, big, 5, 1e-2, 2.0, true, w.data(), capped.data());
+  for (int i = 0; i < 5; ++i) CHECK(near(a[static_cast<size_t>(i)], b[static_cast<size_t>(i)], 1e-12));
+  // No active arm: nothing changes.
+  const bool none[5] = {false, false, false, false, false};
+  std::vector<double> c(5, 0.4);
+  slsam::bandit_update(c.data(), none, norms, 5, 1e-2, 2.0, false, w.data(), capped.data());
+  for (double v : c) CHECK(v == 0.4);
+}
+
+int main() {
+  test_chunks();
+  test_sum_squares();
+  test_perturb();
+  test_adamw();
+  test_capped_projection();
+  test_bandit_update();
+  if (failures) {
+    std::fprintf(stderr, "%d check(s) failed\n", failures);
+    return EXIT_FAILURE;
+  }
+  std::printf("all math tests passed\n");
+  return EXIT_SUCCESS;
+}
