@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.amp.grad_scaler import GradScaler, OptState
 
 from slsam import ops
 
@@ -34,6 +35,9 @@ def _check_range(name: str, value: float, low: float, high: float, *, low_open: 
 
 
 class SLSAM(torch.optim.Optimizer):
+    # GradScaler.step(opt) then hands over grad_scale/found_inf and calls step().
+    _step_supports_amp_scaling = True
+
     """Sparse Layer Sharpness-Aware Minimization.
 
     Args:
@@ -54,6 +58,12 @@ class SLSAM(torch.optim.Optimizer):
         normalize_loss: divide r by its mean over the active arms before the EXP3
             loss, which makes the bandit scale-free (the authors' loss collapses the
             distribution onto a few arms when gradient norms are large).
+        mask_mode: ``"requires_grad"`` (default) turns the inactive tensors'
+            ``requires_grad`` off, so autograd skips their weight gradients.
+            ``"grad"`` keeps ``requires_grad`` on and drops the inactive gradients
+            after each backward: no backward saving, but the autograd graph never
+            changes (for ``torch.compile``d models and wrappers that cannot follow
+            ``requires_grad`` changes).
         **base_kwargs: passed to ``base_optimizer`` (lr, weight_decay, ...).
     """
 
@@ -69,8 +79,11 @@ class SLSAM(torch.optim.Optimizer):
         *,
         adaptive: bool = False,
         normalize_loss: bool = False,
+        mask_mode: str = "requires_grad",
         **base_kwargs: Any,
     ) -> None:
+        if mask_mode not in ("requires_grad", "grad"):
+            raise ValueError(f"mask_mode must be 'requires_grad' or 'grad', got {mask_mode!r}")
         _check_range("rho", rho, 0.0, math.inf, low_open=True, fix="use e.g. rho=0.05")
         _check_range("sparsity", sparsity, 0.0, 1.0, low_open=True,
                      fix="it is the expected fraction of active tensors, e.g. 0.2")
@@ -91,6 +104,7 @@ class SLSAM(torch.optim.Optimizer):
         self.alpha = float(alpha)
         self.p_min = float(p_min)
         self.normalize_loss = bool(normalize_loss)
+        self.mask_mode = mask_mode
 
         trainable = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
         devices = {p.device for p in trainable}
@@ -170,7 +184,9 @@ class SLSAM(torch.optim.Optimizer):
     # ----- the step -----
 
     @torch.no_grad()
-    def step(self, closure: Closure | None = None) -> Tensor | None:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self, closure: Closure | None = None, *, scaler: GradScaler | None = None
+    ) -> Tensor | None:
         """One SL-SAM step; returns the loss at the unperturbed point when it ran it.
 
         ``closure`` computes the loss and runs backward (zeroing grads is optional:
@@ -178,29 +194,38 @@ class SLSAM(torch.optim.Optimizer):
         hold gradients at entry (the user ran the first backward, as with
         davda54/sam), they are the first pass and the closure runs once;
         otherwise it runs twice (PyTorch's closure convention).
+
+        Called without a closure after :meth:`first_step` (e.g. by
+        ``GradScaler.step(opt)``, Hugging Face's Trainer or Lightning), it is
+        :meth:`second_step`. ``scaler``: a ``torch.amp.GradScaler`` whose
+        ``scale(loss).backward()`` the closure uses; gradients are unscaled inside
+        the kernels and the scaler learns of non-finite gradients for ``update()``.
         """
         if closure is None:
+            if self._pending is not None:
+                self.second_step(scaler=scaler)
+                return None
             raise RuntimeError(
-                "SLSAM.step() needs a closure that computes the loss and calls backward(), "
-                "e.g. opt.step(lambda: (loss_fn(model(x), y)).backward() or ...); "
-                "or call first_step() and second_step() around your own second pass")
+                "SLSAM.step() needs a closure that zeroes grads, computes the loss, calls "
+                "backward() and returns the loss; or call first_step() and second_step() "
+                "around your own second forward/backward")
         if self._pending is not None:
-            raise RuntimeError("step() called between first_step() and second_step(); "
-                               "call second_step() first")
+            raise RuntimeError("step(closure) called between first_step() and second_step(); "
+                               "call second_step() (or step() without a closure) first")
         loss0 = None
         if not any(p.grad is not None for p in self._active):
             loss0 = self._call_closure(closure, "first")
-        self.first_step()
+        self.first_step(scaler=scaler)
         try:
             loss1 = self._call_closure(closure, "second")
         except BaseException:
             self._abort()
             raise
-        self.second_step()
+        self.second_step(scaler=scaler)
         return (loss0 if loss0 is not None else loss1).detach()
 
     @torch.no_grad()
-    def first_step(self, zero_grad: bool = False) -> None:
+    def first_step(self, zero_grad: bool = False, *, scaler: GradScaler | None = None) -> None:
         """Perturb the active tensors along their gradients (the first pass's).
 
         Gradients are always cleared afterwards, so the second backward starts
@@ -210,6 +235,7 @@ class SLSAM(torch.optim.Optimizer):
         if self._pending is not None:
             raise RuntimeError("first_step() called twice; call second_step() after the "
                                "second forward/backward")
+        self._drop_inactive_grads()
         arm_grads = [p.grad for p in self._active_arms]
         always = [p for p in self._always if p.grad is not None]
         norm_inputs = [g if g is not None else self._no_grad for g in arm_grads]
@@ -223,17 +249,20 @@ class SLSAM(torch.optim.Optimizer):
         if any(g["adaptive"] for g in self.param_groups):
             perturbed = [p for _, ps, _ in groups for p in ps]
             _, total = ops.grad_norms([p.grad for p in perturbed], perturbed, device=self._device)
+        # NOTE: rho * g / ||g|| does not change when g is scaled, so the perturbation
+        # uses the (loss-scaled) gradients as they are; only the bandit's norms,
+        # which are not scale-free, are unscaled.
         for group, ps, backups in groups:
             ops.perturb_(ps, [p.grad for p in ps], backups, total, group["rho"], group["adaptive"])
-        self._pending = dict(
-            groups=groups,
-            arm_norms=norms[: len(arm_grads)],
-            found_inf=~torch.isfinite(total),
-        )
+        arm_norms = norms[: len(arm_grads)]
+        grad_scale = self._grad_scale(scaler)
+        if grad_scale is not None:
+            arm_norms = arm_norms / grad_scale.to(arm_norms.device, torch.float32)
+        self._pending = dict(groups=groups, arm_norms=arm_norms, found_inf=~torch.isfinite(total))
         self._clear_grads()
 
     @torch.no_grad()
-    def second_step(self, zero_grad: bool = False) -> None:
+    def second_step(self, zero_grad: bool = False, *, scaler: GradScaler | None = None) -> None:
         """Restore the weights, take the base step with the second gradients,
         update the bandit and sample the next mask. Gradients are cleared."""
         del zero_grad
@@ -241,25 +270,42 @@ class SLSAM(torch.optim.Optimizer):
             raise RuntimeError("second_step() called before first_step(); call first_step() "
                                "after the first backward")
         pending = self._pending
+        self._drop_inactive_grads()
         grads2 = [p.grad for _, ps, _ in pending["groups"] for p in ps if p.grad is not None]
         self._check_grads(grads2)
         _, total2 = ops.grad_norms(grads2, device=self._device)
         found_inf = pending["found_inf"] | ~torch.isfinite(total2)
+        external = getattr(self, "found_inf", None)  # set by GradScaler.step(opt)
+        if external is not None:
+            found_inf = found_inf | (external.to(found_inf.device) != 0)
+        grad_scale = self._grad_scale(scaler)
         if self._fused:
-            self._restore_adamw(pending["groups"], found_inf)
+            self._restore_adamw(pending["groups"], found_inf, grad_scale)
         else:
             for _, ps, backups in pending["groups"]:
                 ops.restore_(ps, backups)
             if not bool(found_inf):  # host sync: only on the generic (non-AdamW) path
+                if grad_scale is not None and grads2:
+                    torch._foreach_mul_(grads2, grad_scale.reciprocal().to(grads2[0].device))
                 self.base_optimizer.step()
         if self._sparse:
             ops.bandit_update_(self._probs, self._mask, pending["arm_norms"], found_inf,
                                self.alpha, self._k, self.normalize_loss)
         self._skipped += found_inf
+        if scaler is not None and scaler.is_enabled():
+            # What GradScaler.step() would record, so that scaler.update() backs off.
+            state = scaler._per_optimizer_states[id(self)]
+            state["found_inf_per_device"] = {found_inf.device: found_inf.float()}
+            state["stage"] = OptState.STEPPED
         self._pending = None
         self._clear_grads()
         if self._sparse:
             self._set_mask(ops.sample_mask(self._probs, self._generator))
+
+    @property
+    def perturbed(self) -> bool:
+        """True between first_step() and second_step(), e.g. in the closure's second call."""
+        return self._pending is not None
 
     # ----- state dict -----
 
@@ -317,8 +363,9 @@ class SLSAM(torch.optim.Optimizer):
         self._apply_mask()
 
     def _apply_mask(self) -> None:
-        for p, on in zip(self._arms, self._mask_list):
-            p.requires_grad_(on)
+        if self.mask_mode == "requires_grad":
+            for p, on in zip(self._arms, self._mask_list):
+                p.requires_grad_(on)
         self._active_arms = [p for p, on in zip(self._arms, self._mask_list) if on]
         ids = {id(p) for p in self._active_arms} | {id(p) for p in self._always}
         self._active_by_group = [[p for p in g["params"] if id(p) in ids]
@@ -329,6 +376,20 @@ class SLSAM(torch.optim.Optimizer):
         for active in self._active_by_group:
             for p in active:
                 p.grad = None
+        self._drop_inactive_grads()
+
+    def _drop_inactive_grads(self) -> None:
+        """mask_mode="grad": every arm computes a gradient; the inactive ones are dropped."""
+        if self.mask_mode == "grad":
+            for p, on in zip(self._arms, self._mask_list):
+                if not on:
+                    p.grad = None
+
+    def _grad_scale(self, scaler: GradScaler | None) -> Tensor | None:
+        """The loss scale the gradients carry: the scaler's, or GradScaler.step()'s attribute."""
+        if scaler is not None:
+            return scaler._scale if scaler.is_enabled() else None
+        return getattr(self, "grad_scale", None)
 
     def _check_grads(self, grads: list[Tensor]) -> None:
         for g in grads:
@@ -357,7 +418,7 @@ class SLSAM(torch.optim.Optimizer):
         self._clear_grads()
 
     def _restore_adamw(self, groups: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]],
-                       found_inf: Tensor) -> None:
+                       found_inf: Tensor, grad_scale: Tensor | None) -> None:
         for group, ps, backups in groups:
             upd = [i for i, p in enumerate(ps) if p.grad is not None]
             rest = [i for i, p in enumerate(ps) if p.grad is None]
@@ -372,7 +433,7 @@ class SLSAM(torch.optim.Optimizer):
                 params, [backups[i] for i in upd], [p.grad for p in params],
                 [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                 [s["step"] for s in states], float(group["lr"]), float(beta1), float(beta2),
-                float(group["weight_decay"]), float(group["eps"]), None, found_inf)
+                float(group["weight_decay"]), float(group["eps"]), grad_scale, found_inf)
 
     def _adamw_state(self, p: Tensor) -> dict[str, Any]:
         state = self.base_optimizer.state[p]
