@@ -5,7 +5,17 @@
 """
 
 from slsam import ops, reference
+from slsam.batchnorm import disable_running_stats, enable_running_stats, running_stats_frozen
 from slsam.optim import SAM, SLSAM
 
 __version__ = "0.1.0"
-__all__ = ["SAM", "SLSAM", "ops", "reference", "__version__"]
+__all__ = [
+    "SAM",
+    "SLSAM",
+    "__version__",
+    "disable_running_stats",
+    "enable_running_stats",
+    "ops",
+    "reference",
+    "running_stats_frozen",
+]
