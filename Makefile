@@ -23,6 +23,7 @@ test-py: $(BUILT)
 	$(PY) -m pytest -q tests
 
 test-cpp: $(BUILT)
+	mkdir -p build
 	cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" > build/cmake-configure.log
 	cmake --build build/cmake -j2
 	ctest --test-dir build/cmake --output-on-failure
@@ -32,7 +33,7 @@ bench: $(BUILT)
 	$(PY) -m benchmarks.run_quick
 
 lint: $(DEPS)
-	$(PY) -m ruff check slsam tests benchmarks examples setup.py
+	$(PY) -m ruff check .
 
 build: $(BUILT)
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 import glob
 import os
 
-from setuptools import find_packages, setup
-
 import torch
+from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -44,13 +43,20 @@ def sources(pattern: str) -> list[str]:
 def extension():
     use_cuda = want_cuda()
     srcs = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
-    cxx = ["-O3", "-std=c++17", "-fopenmp", f"-DPy_LIMITED_API={PY_LIMITED_API}"]
+    # No -std flag: torch.utils.cpp_extension adds the standard the installed
+    # torch needs (C++20 for torch >= 2.13; a hard-coded c++17 breaks 2.14).
+    # -fno-math-errno lets the compiler vectorise sqrt (same results, no errno).
+    cxx = ["-O3", "-fno-math-errno", "-fopenmp", f"-DPy_LIMITED_API={PY_LIMITED_API}"]
     args: dict[str, list[str]] = {"cxx": cxx}
     kind = CppExtension
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
         srcs += sources("csrc/cuda/*.cu")
-        args["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        # No --use_fast_math: it flushes denormals and makes fp32 sqrt and
+        # division approximate, so the CUDA kernels would round differently
+        # from the CPU kernels and torch.optim.AdamW; these kernels are
+        # memory-bound and gain nothing from it.
+        args["nvcc"] = ["-O3", "-lineinfo"]
         cxx.append("-DSLSAM_WITH_CUDA")
         kind = CUDAExtension
     return kind(
