@@ -1,0 +1,155 @@
+// The EXP3 update and mask sampling on CUDA. n is the number of parameter
+// tensors (hundreds to ~10k), so each is one small kernel that keeps the
+// bandit state on the device: no norms copied to the host, no sync.
+#include <ATen/ATen.h>
+#include <ATen/core/PhiloxRNGEngine.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <ATen/cuda/PhiloxUtils.cuh>
+#include <torch/library.h>
+
+#include <mutex>
+
+#include "launch.cuh"
+#include "slsam/bandit.h"
+
+namespace slsam::cuda {
+namespace {
+
+// ------------------------------------------------------------ bandit_update_
+
+// One thread runs the shared serial update of slsam/bandit.h: the same fp64
+// operations in the same order as the CPU kernel, so for the same norms the
+// results agree to the last bits (CUDA's exp is within 1 ulp, and nvcc may
+// contract a*b+c into an FMA). A few serial passes over n fp64 values: about
+// ten microseconds per thousand arms.
+//
+// NOTE: the CPU kernel checks norms.numel() == mask.sum() on the host; here
+// that count lives on the device, so the kernel checks it (a device-side
+// assert, as ATen does for bad indices) instead of syncing.
+__global__ void bandit_update_kernel(double* probs, const bool* mask, const float* norms,
+                                     int64_t n, int64_t n_norms, ScalarArg found_inf,
+                                     double alpha, double k, bool normalize, double* w,
+                                     unsigned char* capped) {
+  int64_t active = 0;
+  for (int64_t i = 0; i < n; ++i) active += mask[i] ? 1 : 0;
+  CUDA_KERNEL_ASSERT_MSG(active == n_norms,
+                         "slsam::bandit_update_: norms must have one entry per active arm");
+  if (active != n_norms) return;  // never read past norms
+  if (found_inf.present && read_scalar(found_inf) != 0.0) return;
+  bandit_update(probs, mask, norms, n, alpha, k, normalize, w, capped);
+}
+
+void check_bandit_args(const at::Tensor& probs, const at::Tensor& mask, const at::Tensor& norms) {
+  TORCH_CHECK(probs.dim() == 1 && probs.scalar_type() == at::kDouble && probs.is_contiguous(),
+              "slsam: probs must be a contiguous 1-D float64 tensor");
+  TORCH_CHECK(mask.dim() == 1 && mask.scalar_type() == at::kBool && mask.is_contiguous() &&
+                  mask.numel() == probs.numel(),
+              "slsam: mask must be a contiguous bool tensor with one entry per arm (",
+              probs.numel(), ")");
+  TORCH_CHECK(norms.dim() == 1 && norms.scalar_type() == at::kFloat && norms.is_contiguous(),
+              "slsam: norms must be a contiguous 1-D float32 tensor");
+  TORCH_CHECK(norms.numel() <= probs.numel(), "slsam: norms has ", norms.numel(),
+              " entries but there are only ", probs.numel(), " arms");
+  TORCH_CHECK(probs.is_cuda() && mask.device() == probs.device() &&
+                  norms.device() == probs.device(),
+              "slsam: probs, mask and norms must be on one CUDA device (got ", probs.device(),
+              ", ", mask.device(), ", ", norms.device(), ")");
+}
+
+void bandit_update_cuda(const at::Tensor& probs, const at::Tensor& mask, const at::Tensor& norms,
+                        const std::optional<at::Tensor>& found_inf, double alpha, double k,
+                        bool normalize) {
+  check_bandit_args(probs, mask, norms);
+  const int64_t n = probs.numel();
+  if (n == 0) return;
+  c10::cuda::CUDAGuard guard(probs.device());
+  at::Tensor keep;
+  const ScalarArg inf_arg = scalar_arg(found_inf, probs.device(), "found_inf", keep);
+  at::Tensor w = at::empty({n}, probs.options());
+  at::Tensor capped = at::empty({n}, probs.options().dtype(at::kByte));
+  bandit_update_kernel<<<1, 1, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      probs.mutable_data_ptr<double>(), mask.const_data_ptr<bool>(),
+      norms.const_data_ptr<float>(), n, norms.numel(), inf_arg, alpha, k, normalize,
+      w.mutable_data_ptr<double>(), capped.mutable_data_ptr<unsigned char>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// --------------------------------------------------------------- sample_mask
+
+// NOTE: bounded resampling, as on the CPU: up to kMaxDraws Bernoulli draws of
+// the whole mask until one is non-empty, then the arm with the largest
+// probability (first on ties; a NaN wins only in arm 0, as on the CPU). One
+// block: thread t owns arms t, t + kMaskThreads, ... and draws their uniforms
+// from its own Philox4x32-10 subsequence (subsequence t of the generator's
+// seed, starting at the generator's offset), two 32-bit values per arm:
+// u = (hi << 21 | lo >> 11) * 2^-53 in [0, 1), 53 random bits as for fp64
+// uniforms. at::philox_engine is the header-only Philox of ATen (no cuRAND,
+// whose headers the CUDA toolkit here lacks); tests/test_cuda.py mirrors the
+// stream in Python. The generator's offset advances by the worst case
+// (kMaxDraws draws), so the next call never reuses numbers, and a CUDA graph
+// capture works through PhiloxCudaState as in ATen's kernels.
+constexpr int kMaxDraws = 1000;
+constexpr int kMaskThreads = 256;
+
+// 32-bit values one thread consumes per draw, at most.
+inline int64_t values_per_draw(int64_t n) {
+  return 2 * ((n + kMaskThreads - 1) / kMaskThreads);
+}
+
+__global__ void __launch_bounds__(kMaskThreads)
+    sample_mask_kernel(const double* probs, int64_t n, bool* out, at::PhiloxCudaState philox) {
+  const auto seeds = at::cuda::philox::unpack(philox);
+  const uint64_t offset = std::get<1>(seeds);  // in 32-bit values, as curand_init's
+  at::philox_engine engine(std::get<0>(seeds), threadIdx.x, offset / 4);
+  for (uint64_t skip = 0; skip < offset % 4; ++skip) engine();
+  for (int draw = 0; draw < kMaxDraws; ++draw) {
+    int any = 0;
+    for (int64_t i = threadIdx.x; i < n; i += kMaskThreads) {
+      const uint64_t hi = engine();
+      const uint64_t lo = engine();
+      const double u = static_cast<double>((hi << 21) | (lo >> 11)) * 0x1p-53;
+      const bool on = u < probs[i];
+      out[i] = on;
+      any |= on ? 1 : 0;
+    }
+    if (__syncthreads_or(any)) return;
+  }
+  if (threadIdx.x == 0) {  // every draw was empty (e.g. NaN probabilities)
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; ++i) {
+      if (probs[i] > probs[best]) best = i;
+    }
+    out[best] = true;
+  }
+}
+
+at::Tensor sample_mask_cuda(const at::Tensor& probs, std::optional<at::Generator> generator) {
+  TORCH_CHECK(probs.dim() == 1 && probs.scalar_type() == at::kDouble && probs.is_contiguous(),
+              "slsam: probs must be a contiguous 1-D float64 tensor");
+  TORCH_CHECK(probs.is_cuda(), "slsam: probs is on ", probs.device(), "; expected CUDA");
+  const int64_t n = probs.numel();
+  c10::cuda::CUDAGuard guard(probs.device());
+  at::Tensor mask = at::empty({n}, probs.options().dtype(at::kBool));
+  if (n == 0) return mask;
+  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+      generator, at::cuda::detail::getDefaultCUDAGenerator(probs.device().index()));
+  at::PhiloxCudaState rng;
+  {
+    // See ATen's Note [Acquire lock when using random generators].
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    rng = gen->philox_cuda_state(static_cast<uint64_t>(kMaxDraws * values_per_draw(n)));
+  }
+  sample_mask_kernel<<<1, kMaskThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      probs.const_data_ptr<double>(), n, mask.mutable_data_ptr<bool>(), rng);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return mask;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(slsam, CUDA, m) {
+  m.impl("bandit_update_", &bandit_update_cuda);
+  m.impl("sample_mask", &sample_mask_cuda);
+}
+
+}  // namespace slsam::cuda

@@ -1,0 +1,287 @@
+// The CUDA multi-tensor launcher shared by every slsam CUDA kernel.
+//
+// A tensor list is cut into chunks of kChunk elements (slsam/chunks.h); each
+// thread block handles one chunk. The host packs one small POD record per
+// non-empty tensor (data pointers, numel, index of its first chunk) into a
+// byte table, copies it to the device once per call (pinned buffer from the
+// caching host allocator, cudaMemcpyAsync on the current stream: no host
+// sync), and launches one grid per dtype present in the list. A block finds
+// its tensor by binary search over the records' first-chunk indices, so a
+// list of thousands of tensors is a handful of launches, not thousands, and
+// the table costs O(tensors) bytes, not O(chunks).
+//
+// Rules kept here (DESIGN.md section 2): 64-bit sizes and offsets; empty
+// tensors have no record and no block; no float atomics (reductions have a
+// fixed order: see block_sum); memory only from the caching allocators.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "../checks.h"
+#include "slsam/chunks.h"
+
+namespace slsam::cuda {
+
+// Elements per block. Fixed, so the partition (and with it the order of every
+// reduction) never depends on the GPU model.
+constexpr int64_t kChunk = 1 << 16;
+constexpr int kThreads = 512;  // threads per block of the chunk kernels
+constexpr int kILP = 4;        // contiguous elements per thread per iteration
+
+// The dtypes every kernel accepts (the CPU kernels' SLSAM_DISPATCH_FLOATING).
+#define SLSAM_CUDA_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+// ---------------------------------------------------------------- host side
+
+// A byte table of POD records, uploaded to the device in one async copy.
+class DeviceTable {
+ public:
+  // Appends `count` records, 16-byte aligned; returns their byte offset.
+  template <typename T>
+  size_t add(const T* data, size_t count) {
+    static_assert(std::is_trivially_copyable<T>::value, "records must be POD");
+    const size_t offset = (bytes_.size() + 15) / 16 * 16;
+    bytes_.resize(offset + count * sizeof(T));
+    if (count) std::memcpy(bytes_.data() + offset, data, count * sizeof(T));
+    return offset;
+  }
+  template <typename T>
+  size_t add(const std::vector<T>& v) {
+    return add(v.data(), v.size());
+  }
+
+  // Pinned staging buffer + non_blocking copy: cudaMemcpyAsync on the current
+  // stream, and the host block is recycled only after the copy has run.
+  void upload(const at::Device& device) {
+    if (bytes_.empty()) return;
+    const auto size = static_cast<int64_t>(bytes_.size());
+    at::Tensor host = at::empty({size}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+    std::memcpy(host.data_ptr(), bytes_.data(), bytes_.size());
+    device_ = at::empty({size}, at::TensorOptions().dtype(at::kByte).device(device));
+    device_.copy_(host, /*non_blocking=*/true);
+  }
+
+  template <typename T>
+  const T* at(size_t offset) const {
+    return reinterpret_cast<const T*>(static_cast<const uint8_t*>(device_.const_data_ptr()) +
+                                      offset);
+  }
+
+ private:
+  std::vector<uint8_t> bytes_;
+  at::Tensor device_;  // kept alive until the op returns; later reuse is stream-ordered
+};
+
+// One launch: the non-empty tensors of one dtype, in list order.
+struct Group {
+  at::ScalarType dtype;
+  std::vector<size_t> members;      // indices into the tensor list
+  std::vector<int64_t> chunk_first;  // first chunk of each member within the launch
+  int64_t chunks = 0;
+  size_t table_offset = 0;  // where the op put this group's records in its DeviceTable
+};
+
+inline std::vector<Group> group_by_dtype(at::TensorList tensors) {
+  std::vector<Group> groups;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const int64_t numel = tensors[i].numel();
+    if (numel == 0) continue;
+    Group* g = nullptr;
+    for (auto& h : groups) {
+      if (h.dtype == tensors[i].scalar_type()) g = &h;
+    }
+    if (g == nullptr) {
+      groups.push_back(Group{tensors[i].scalar_type(), {}, {}, 0, 0});
+      g = &groups.back();
+    }
+    g->members.push_back(i);
+    g->chunk_first.push_back(g->chunks);
+    g->chunks += num_chunks(numel, kChunk);
+  }
+  for (const auto& g : groups) {
+    TORCH_CHECK(g.chunks <= std::numeric_limits<int32_t>::max(),
+                "slsam: tensor list too large for one launch (", g.chunks, " chunks)");
+  }
+  return groups;
+}
+
+// Every tensor must be a CUDA tensor on `device` (the dispatcher picks the
+// CUDA kernel as soon as one argument is a CUDA tensor).
+inline void check_device(const at::Tensor& t, const at::Device& device, const char* name,
+                         size_t i) {
+  TORCH_CHECK(t.device() == device, "slsam: ", name, "[", i, "] is on ", t.device(),
+              " but the parameters are on ", device, "; move them to one device");
+}
+
+// A one-element operand (norm, grad_scale, found_inf) read inside the kernel:
+// from device memory when it lives on the GPU (never synced to the host), or
+// passed by value when it is a CPU tensor (reading it costs no sync).
+struct ScalarArg {
+  const void* ptr;  // device pointer, or nullptr: use `value`
+  int kind;         // 0 bool, 1 float, 2 double
+  bool present;     // false for an absent optional
+  double value;
+};
+
+// `keep` holds a converted copy, if any, alive until the launch.
+inline ScalarArg scalar_arg(const std::optional<at::Tensor>& t, const at::Device& device,
+                            const char* name, at::Tensor& keep) {
+  ScalarArg a{nullptr, 0, false, 0.0};
+  if (!t.has_value() || !t->defined()) return a;
+  TORCH_CHECK(t->numel() == 1, "slsam: ", name, " must have one element, got ", t->numel());
+  a.present = true;
+  if (t->device().is_cpu()) {
+    a.value = t->item<double>();  // a CPU read: no device sync
+    return a;
+  }
+  TORCH_CHECK(t->device() == device, "slsam: ", name, " is on ", t->device(),
+              " but the parameters are on ", device);
+  keep = *t;
+  const auto st = keep.scalar_type();
+  if (st != at::kBool && st != at::kFloat && st != at::kDouble) keep = keep.to(at::kDouble);
+  a.kind = keep.scalar_type() == at::kBool ? 0 : (keep.scalar_type() == at::kFloat ? 1 : 2);
+  a.ptr = keep.const_data_ptr();
+  return a;
+}
+
+inline void check_grid(int64_t blocks) {
+  TORCH_CHECK(blocks > 0 && blocks <= std::numeric_limits<int32_t>::max(),
+              "slsam: bad grid size ", blocks);
+}
+
+// -------------------------------------------------------------- device side
+
+#if defined(__CUDACC__)
+
+__device__ inline double read_scalar(const ScalarArg& a) {
+  if (a.ptr == nullptr) return a.value;
+  switch (a.kind) {
+    case 0: return *static_cast<const bool*>(a.ptr) ? 1.0 : 0.0;
+    case 1: return static_cast<double>(*static_cast<const float*>(a.ptr));
+    default: return *static_cast<const double*>(a.ptr);
+  }
+}
+
+// Index of the record whose chunks contain `chunk`: the last one with
+// chunk_first <= chunk. Records are sorted by chunk_first and every record
+// owns at least one chunk. All threads of a block search the same entries,
+// so the loads are broadcasts served from L1.
+template <typename Entry>
+__device__ inline int64_t find_entry(const Entry* entries, int64_t n, int64_t chunk) {
+  int64_t lo = 0, hi = n - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (entries[mid].chunk_first <= chunk) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
+// The chunk a block works on, located by find_entry.
+template <typename Entry>
+struct ChunkOf {
+  Entry e;
+  int64_t local;  // chunk index within its tensor
+  int64_t begin;  // first element
+  int64_t n;      // elements in the chunk (<= kChunk)
+};
+
+template <typename Entry>
+__device__ inline ChunkOf<Entry> this_chunk(const Entry* entries, int64_t n_entries) {
+  const int64_t c = blockIdx.x;
+  ChunkOf<Entry> ch;
+  ch.e = entries[find_entry(entries, n_entries, c)];
+  ch.local = c - ch.e.chunk_first;
+  ch.begin = ch.local * kChunk;
+  const int64_t rest = ch.e.numel - ch.begin;
+  ch.n = rest < kChunk ? rest : kChunk;
+  return ch;
+}
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T v[N];
+};
+
+// A pointer allows the vector path when it is aligned to a whole Vec. Chunks
+// start at multiples of kChunk elements, so a chunk is aligned iff its
+// tensor's data pointer is (a storage offset of 1 takes the scalar path).
+template <typename T>
+__device__ inline bool vec_ok(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * kILP) == 0;
+}
+
+// kILP consecutive elements starting at i (< n); past n reads give T(0).
+// The vector and the scalar path produce the same values in the same
+// registers, so results do not depend on alignment.
+template <typename T>
+__device__ inline void load(T (&r)[kILP], const T* p, int64_t i, int64_t n, bool vec) {
+  if (vec && i + kILP <= n) {
+    const Vec<T, kILP> v = *reinterpret_cast<const Vec<T, kILP>*>(p + i);
+#pragma unroll
+    for (int j = 0; j < kILP; ++j) r[j] = v.v[j];
+  } else {
+#pragma unroll
+    for (int j = 0; j < kILP; ++j) r[j] = i + j < n ? p[i + j] : T(0);
+  }
+}
+
+template <typename T>
+__device__ inline void store(T* p, const T (&r)[kILP], int64_t i, int64_t n, bool vec) {
+  if (vec && i + kILP <= n) {
+    Vec<T, kILP> v;
+#pragma unroll
+    for (int j = 0; j < kILP; ++j) v.v[j] = r[j];
+    *reinterpret_cast<Vec<T, kILP>*>(p + i) = v;
+  } else {
+#pragma unroll
+    for (int j = 0; j < kILP; ++j) {
+      if (i + j < n) p[i + j] = r[j];
+    }
+  }
+}
+
+// Sum over a warp with a fixed butterfly: every lane ends with the same bits.
+template <typename T>
+__device__ inline T warp_sum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Deterministic block sum (blockDim.x a multiple of 32, <= 1024): warps in a
+// fixed butterfly, then warp 0 over the warp sums. The result is valid in
+// thread 0. Contains __syncthreads: call from all threads of the block.
+template <typename T>
+__device__ inline T block_sum(T v) {
+  __shared__ T warp_sums[32];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  v = warp_sum(v);
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    const int n_warps = static_cast<int>(blockDim.x >> 5);
+    v = lane < n_warps ? warp_sums[lane] : T(0);
+    v = warp_sum(v);
+  }
+  return v;
+}
+
+#endif  // __CUDACC__
+
+}  // namespace slsam::cuda

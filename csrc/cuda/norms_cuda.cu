@@ -1,0 +1,185 @@
+// Per-tensor and global L2 norms of a tensor list on CUDA.
+//
+// NOTE: deterministic, with no float atomics, in three launches:
+//   1. sumsq_kernel: one block per chunk writes the chunk's sum of squares
+//      (opmath accumulation: fp32 for fp32/bf16/fp16, fp64 for fp64; a fixed
+//      thread->element map and a fixed block tree) as one fp64 partial;
+//   2. tensor_sums_kernel: one warp per tensor adds its partials, lane l taking
+//      chunks l, l + 32, ... in order, then a fixed butterfly; writes the fp64
+//      sum and the fp32 norm;
+//   3. total_kernel: one block adds the per-tensor sums in a fixed order.
+// The bits depend only on the data (not on the GPU, alignment or stream), so
+// the same input twice gives the same norms. They differ from the CPU
+// kernel's in the last bits: the order of additions inside a chunk differs.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+#include "launch.cuh"
+
+namespace slsam::cuda {
+namespace {
+
+struct NormEntry {
+  const void* g;
+  const void* w;  // nullptr unless weighted (ASAM)
+  int64_t numel;
+  int64_t chunk_first;    // within the launch
+  int64_t partial_first;  // within the whole list (index into partials)
+};
+
+template <typename scalar_t, bool kWeighted>
+__global__ void __launch_bounds__(kThreads)
+    sumsq_kernel(const NormEntry* entries, int64_t n_entries, double* partials) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto ch = this_chunk(entries, n_entries);
+  const scalar_t* g = static_cast<const scalar_t*>(ch.e.g) + ch.begin;
+  const scalar_t* w = kWeighted ? static_cast<const scalar_t*>(ch.e.w) + ch.begin : nullptr;
+  const bool vec = vec_ok<scalar_t>(g) && (!kWeighted || vec_ok<scalar_t>(w));
+  acc_t acc[kILP];
+#pragma unroll
+  for (int j = 0; j < kILP; ++j) acc[j] = acc_t(0);
+  for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < ch.n;
+       i += static_cast<int64_t>(blockDim.x) * kILP) {
+    scalar_t rg[kILP];
+    load(rg, g, i, ch.n, vec);
+    if constexpr (kWeighted) {
+      scalar_t rw[kILP];
+      load(rw, w, i, ch.n, vec);
+#pragma unroll
+      for (int j = 0; j < kILP; ++j) {
+        const acc_t wj = static_cast<acc_t>(rw[j]);
+        const acc_t v = (wj < acc_t(0) ? -wj : wj) * static_cast<acc_t>(rg[j]);
+        acc[j] += v * v;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kILP; ++j) {
+        const acc_t v = static_cast<acc_t>(rg[j]);
+        acc[j] += v * v;
+      }
+    }
+  }
+  acc_t s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  s = block_sum(s);
+  if (threadIdx.x == 0) partials[ch.e.partial_first + ch.local] = static_cast<double>(s);
+}
+
+constexpr int kSumThreads = 256;  // 8 warps: 8 tensors per block
+
+__global__ void __launch_bounds__(kSumThreads)
+    tensor_sums_kernel(const int64_t* first, int64_t n, const double* partials, double* sums,
+                       float* norms) {
+  const int64_t t = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (t >= n) return;  // whole warps leave together
+  double s = 0.0;
+  for (int64_t c = first[t] + lane; c < first[t + 1]; c += 32) s += partials[c];
+  s = warp_sum(s);
+  if (lane == 0) {
+    sums[t] = s;
+    norms[t] = static_cast<float>(sqrt(s));
+  }
+}
+
+constexpr int kTotalThreads = 512;
+
+__global__ void __launch_bounds__(kTotalThreads)
+    total_kernel(const double* sums, int64_t n, float* total) {
+  double s = 0.0;
+  for (int64_t t = threadIdx.x; t < n; t += blockDim.x) s += sums[t];
+  s = block_sum(s);
+  if (threadIdx.x == 0) *total = static_cast<float>(sqrt(s));
+}
+
+std::tuple<at::Tensor, at::Tensor> grad_norms_cuda(at::TensorList grads,
+                                                   const std::optional<at::TensorList>& weights) {
+  const size_t n = grads.size();
+  TORCH_CHECK(n > 0, "slsam: grad_norms needs at least one tensor");
+  const at::Device device = grads[0].device();
+  TORCH_CHECK(device.is_cuda(), "slsam: grads[0] is on ", device, "; expected a CUDA tensor");
+  for (size_t i = 0; i < n; ++i) {
+    check_float_tensor(grads[i], "grads", i);
+    TORCH_CHECK(grads[i].device() == device, "slsam: grads[", i, "] is on ", grads[i].device(),
+                " but grads[0] is on ", device, "; move them to one device");
+  }
+  if (weights.has_value()) {
+    check_same_length(weights->size(), n, "weights", "grads");
+    for (size_t i = 0; i < n; ++i) check_like((*weights)[i], grads[i], "weights", "grads", i);
+  }
+  c10::cuda::CUDAGuard guard(device);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+
+  // Dense operands (a non-dense gradient is copied, as on the CPU).
+  std::vector<at::Tensor> gs, ws;
+  gs.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    gs.push_back(grads[i].is_non_overlapping_and_dense() ? grads[i] : grads[i].contiguous());
+    if (weights.has_value()) ws.push_back(as_layout_of((*weights)[i], gs.back()));
+  }
+  const bool weighted = weights.has_value();
+
+  std::vector<int64_t> numels(n);
+  for (size_t i = 0; i < n; ++i) numels[i] = gs[i].numel();
+  const std::vector<int64_t> first = chunk_offsets(numels, kChunk);
+  const int64_t total_chunks = first.back();
+
+  auto groups = group_by_dtype(gs);
+  DeviceTable table;
+  const size_t first_offset = table.add(first);
+  for (auto& g : groups) {
+    std::vector<NormEntry> entries;
+    entries.reserve(g.members.size());
+    for (size_t k = 0; k < g.members.size(); ++k) {
+      const size_t i = g.members[k];
+      entries.push_back(NormEntry{gs[i].const_data_ptr(),
+                                  weighted ? ws[i].const_data_ptr() : nullptr, gs[i].numel(),
+                                  g.chunk_first[k], first[i]});
+    }
+    g.table_offset = table.add(entries);
+  }
+  table.upload(device);
+
+  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
+  at::Tensor partials = at::empty({total_chunks}, f64);
+  at::Tensor sums = at::empty({static_cast<int64_t>(n)}, f64);
+  at::Tensor norms = at::empty({static_cast<int64_t>(n)}, f32);
+  at::Tensor total = at::empty({}, f32);
+
+  for (const auto& g : groups) {
+    check_grid(g.chunks);
+    const auto* entries = table.at<NormEntry>(g.table_offset);
+    const auto n_entries = static_cast<int64_t>(g.members.size());
+    SLSAM_CUDA_DISPATCH_FLOATING(g.dtype, "slsam_grad_norms_cuda", [&] {
+      if (weighted) {
+        sumsq_kernel<scalar_t, true><<<static_cast<unsigned>(g.chunks), kThreads, 0, stream>>>(
+            entries, n_entries, partials.mutable_data_ptr<double>());
+      } else {
+        sumsq_kernel<scalar_t, false><<<static_cast<unsigned>(g.chunks), kThreads, 0, stream>>>(
+            entries, n_entries, partials.mutable_data_ptr<double>());
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  const int64_t warps_per_block = kSumThreads / 32;
+  const int64_t sum_blocks = (static_cast<int64_t>(n) + warps_per_block - 1) / warps_per_block;
+  check_grid(sum_blocks);
+  tensor_sums_kernel<<<static_cast<unsigned>(sum_blocks), kSumThreads, 0, stream>>>(
+      table.at<int64_t>(first_offset), static_cast<int64_t>(n), partials.const_data_ptr<double>(),
+      sums.mutable_data_ptr<double>(), norms.mutable_data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  total_kernel<<<1, kTotalThreads, 0, stream>>>(sums.const_data_ptr<double>(),
+                                                static_cast<int64_t>(n),
+                                                total.mutable_data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {norms, total};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(slsam, CUDA, m) { m.impl("grad_norms", &grad_norms_cuda); }
+
+}  // namespace slsam::cuda

@@ -1,0 +1,382 @@
+// Fused perturb, restore and restore + AdamW on CUDA: one launch per dtype in
+// the list (see launch.cuh), the per-element math shared with the CPU kernels
+// (slsam/elementwise.h). Scalars that live on the device (total norm,
+// grad_scale, found_inf, steps) are read by the kernels, never by the host.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "launch.cuh"
+#include "slsam/elementwise.h"
+
+namespace slsam::cuda {
+namespace {
+
+// ------------------------------------------------------------------ perturb
+
+struct PerturbEntry {
+  void* x;
+  const void* g;
+  void* backup;
+  int64_t numel;
+  int64_t chunk_first;
+};
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    perturb_kernel(const PerturbEntry* entries, int64_t n_entries, ScalarArg total_norm,
+                   double rho, bool adaptive) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t s_scale;
+  if (threadIdx.x == 0) {
+    // In fp64, then rounded once, as the CPU kernel does.
+    s_scale = static_cast<acc_t>(perturb_scale<double>(read_scalar(total_norm), rho, 1e-12));
+  }
+  __syncthreads();
+  const acc_t scale = s_scale;
+  const auto ch = this_chunk(entries, n_entries);
+  scalar_t* x = static_cast<scalar_t*>(ch.e.x) + ch.begin;
+  const scalar_t* g = static_cast<const scalar_t*>(ch.e.g) + ch.begin;
+  scalar_t* bk = static_cast<scalar_t*>(ch.e.backup) + ch.begin;
+  const bool vec = vec_ok<scalar_t>(x) && vec_ok<scalar_t>(g) && vec_ok<scalar_t>(bk);
+  for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < ch.n;
+       i += static_cast<int64_t>(blockDim.x) * kILP) {
+    scalar_t rx[kILP], rg[kILP], out[kILP];
+    load(rx, x, i, ch.n, vec);
+    load(rg, g, i, ch.n, vec);
+#pragma unroll
+    for (int j = 0; j < kILP; ++j) {
+      out[j] = static_cast<scalar_t>(perturb_element<acc_t>(
+          static_cast<acc_t>(rx[j]), static_cast<acc_t>(rg[j]), scale, adaptive));
+    }
+    store(bk, rx, i, ch.n, vec);
+    store(x, out, i, ch.n, vec);
+  }
+}
+
+void perturb_cuda(at::TensorList params, at::TensorList grads, at::TensorList backups,
+                  const at::Tensor& total_norm, double rho, bool adaptive) {
+  const size_t n = params.size();
+  check_same_length(grads.size(), n, "grads", "params");
+  check_same_length(backups.size(), n, "backups", "params");
+  if (n == 0) return;
+  const at::Device device = params[0].device();
+  TORCH_CHECK(device.is_cuda(), "slsam: params[0] is on ", device, "; expected a CUDA tensor");
+  std::vector<at::Tensor> gs;
+  gs.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    check_float_tensor(params[i], "params", i);
+    check_device(params[i], device, "params", i);
+    check_dense(params[i], "params", i);
+    check_like(grads[i], params[i], "grads", "params", i);
+    check_like(backups[i], params[i], "backups", "params", i);
+    TORCH_CHECK(backups[i].strides() == params[i].strides(), "slsam: backups[", i,
+                "] must have the strides of params[", i, "] (use torch.empty_like)");
+  }
+  c10::cuda::CUDAGuard guard(device);
+  for (size_t i = 0; i < n; ++i) gs.push_back(as_layout_of(grads[i], params[i]));
+  at::Tensor keep;
+  const ScalarArg norm = scalar_arg(total_norm, device, "total_norm", keep);
+
+  auto groups = group_by_dtype(params);
+  if (groups.empty()) return;
+  DeviceTable table;
+  for (auto& g : groups) {
+    std::vector<PerturbEntry> entries;
+    for (size_t k = 0; k < g.members.size(); ++k) {
+      const size_t i = g.members[k];
+      entries.push_back(PerturbEntry{params[i].data_ptr(), gs[i].const_data_ptr(),
+                                     backups[i].data_ptr(), params[i].numel(),
+                                     g.chunk_first[k]});
+    }
+    g.table_offset = table.add(entries);
+  }
+  table.upload(device);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  for (const auto& g : groups) {
+    check_grid(g.chunks);
+    SLSAM_CUDA_DISPATCH_FLOATING(g.dtype, "slsam_perturb_cuda", [&] {
+      perturb_kernel<scalar_t><<<static_cast<unsigned>(g.chunks), kThreads, 0, stream>>>(
+          table.at<PerturbEntry>(g.table_offset), static_cast<int64_t>(g.members.size()), norm,
+          rho, adaptive);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+}
+
+// ------------------------------------------------------------------ restore
+
+struct CopyEntry {
+  void* dst;
+  const void* src;
+  int64_t numel;
+  int64_t chunk_first;
+};
+
+// A bit-exact copy: elements moved as unsigned words of their size.
+template <typename word_t>
+__global__ void __launch_bounds__(kThreads)
+    copy_kernel(const CopyEntry* entries, int64_t n_entries) {
+  const auto ch = this_chunk(entries, n_entries);
+  word_t* dst = static_cast<word_t*>(ch.e.dst) + ch.begin;
+  const word_t* src = static_cast<const word_t*>(ch.e.src) + ch.begin;
+  const bool vec = vec_ok<word_t>(dst) && vec_ok<word_t>(src);
+  for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < ch.n;
+       i += static_cast<int64_t>(blockDim.x) * kILP) {
+    word_t r[kILP];
+    load(r, src, i, ch.n, vec);
+    store(dst, r, i, ch.n, vec);
+  }
+}
+
+// params[i] = srcs[i] for the listed tensors (already checked, same layout).
+void launch_copy(const std::vector<at::Tensor>& dsts, const std::vector<at::Tensor>& srcs,
+                 const at::Device& device) {
+  auto groups = group_by_dtype(dsts);
+  if (groups.empty()) return;
+  DeviceTable table;
+  for (auto& g : groups) {
+    std::vector<CopyEntry> entries;
+    for (size_t k = 0; k < g.members.size(); ++k) {
+      const size_t i = g.members[k];
+      entries.push_back(CopyEntry{dsts[i].data_ptr(), srcs[i].const_data_ptr(), dsts[i].numel(),
+                                  g.chunk_first[k]});
+    }
+    g.table_offset = table.add(entries);
+  }
+  table.upload(device);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  for (const auto& g : groups) {
+    check_grid(g.chunks);
+    const auto* entries = table.at<CopyEntry>(g.table_offset);
+    const auto n_entries = static_cast<int64_t>(g.members.size());
+    const auto blocks = static_cast<unsigned>(g.chunks);
+    switch (c10::elementSize(g.dtype)) {
+      case 2: copy_kernel<uint16_t><<<blocks, kThreads, 0, stream>>>(entries, n_entries); break;
+      case 4: copy_kernel<uint32_t><<<blocks, kThreads, 0, stream>>>(entries, n_entries); break;
+      case 8: copy_kernel<uint64_t><<<blocks, kThreads, 0, stream>>>(entries, n_entries); break;
+      default: TORCH_CHECK(false, "slsam: unsupported dtype ", g.dtype);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+void restore_cuda(at::TensorList params, at::TensorList backups) {
+  const size_t n = params.size();
+  check_same_length(backups.size(), n, "backups", "params");
+  if (n == 0) return;
+  const at::Device device = params[0].device();
+  TORCH_CHECK(device.is_cuda(), "slsam: params[0] is on ", device, "; expected a CUDA tensor");
+  for (size_t i = 0; i < n; ++i) {
+    check_float_tensor(params[i], "params", i);
+    check_device(params[i], device, "params", i);
+    check_dense(params[i], "params", i);
+    check_like(backups[i], params[i], "backups", "params", i);
+  }
+  c10::cuda::CUDAGuard guard(device);
+  std::vector<at::Tensor> ps(params.begin(), params.end()), bks;
+  bks.reserve(n);
+  for (size_t i = 0; i < n; ++i) bks.push_back(as_layout_of(backups[i], params[i]));
+  launch_copy(ps, bks, device);
+}
+
+// ------------------------------------------------------------ restore_adamw
+
+struct AdamWEntry {
+  void* x;
+  const void* x0;
+  const void* g;
+  void* m;
+  void* v;
+  const void* step;
+  int64_t step_is_double;
+  int64_t numel;
+  int64_t chunk_first;
+};
+
+struct AdamWHyper {
+  double lr, beta1, beta2, weight_decay, eps;
+};
+
+__device__ inline double read_step(const void* p, int64_t is_double) {
+  return is_double ? *static_cast<const double*>(p)
+                   : static_cast<double>(*static_cast<const float*>(p));
+}
+
+// The step counts are read here and incremented afterwards by
+// increment_steps_kernel (stream order keeps the read before the write).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    restore_adamw_kernel(const AdamWEntry* entries, int64_t n_entries, AdamWHyper h,
+                         ScalarArg grad_scale, ScalarArg found_inf) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ AdamWScalars<acc_t> s_sc;
+  __shared__ acc_t s_unscale;
+  __shared__ bool s_skip;
+  const auto ch = this_chunk(entries, n_entries);
+  if (threadIdx.x == 0) {
+    s_skip = found_inf.present && read_scalar(found_inf) != 0.0;
+    if (!s_skip) {
+      const double step = read_step(ch.e.step, ch.e.step_is_double) + 1.0;
+      s_sc = adamw_scalars<acc_t>(h.lr, h.beta1, h.beta2, h.weight_decay, h.eps, step);
+      s_unscale = static_cast<acc_t>(grad_scale.present ? 1.0 / read_scalar(grad_scale) : 1.0);
+    }
+  }
+  __syncthreads();
+  scalar_t* x = static_cast<scalar_t*>(ch.e.x) + ch.begin;
+  const scalar_t* x0 = static_cast<const scalar_t*>(ch.e.x0) + ch.begin;
+  if (s_skip) {  // only the restore; moments and steps stay as they were
+    const bool vec = vec_ok<scalar_t>(x) && vec_ok<scalar_t>(x0);
+    for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < ch.n;
+         i += static_cast<int64_t>(blockDim.x) * kILP) {
+      scalar_t r[kILP];
+      load(r, x0, i, ch.n, vec);
+      store(x, r, i, ch.n, vec);
+    }
+    return;
+  }
+  const AdamWScalars<acc_t> sc = s_sc;
+  const acc_t unscale = s_unscale;
+  const scalar_t* g = static_cast<const scalar_t*>(ch.e.g) + ch.begin;
+  scalar_t* m = static_cast<scalar_t*>(ch.e.m) + ch.begin;
+  scalar_t* v = static_cast<scalar_t*>(ch.e.v) + ch.begin;
+  const bool vec = vec_ok<scalar_t>(x) && vec_ok<scalar_t>(x0) && vec_ok<scalar_t>(g) &&
+                   vec_ok<scalar_t>(m) && vec_ok<scalar_t>(v);
+  for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < ch.n;
+       i += static_cast<int64_t>(blockDim.x) * kILP) {
+    scalar_t rx0[kILP], rg[kILP], rm[kILP], rv[kILP], rx[kILP];
+    load(rx0, x0, i, ch.n, vec);
+    load(rg, g, i, ch.n, vec);
+    load(rm, m, i, ch.n, vec);
+    load(rv, v, i, ch.n, vec);
+#pragma unroll
+    for (int j = 0; j < kILP; ++j) {
+      acc_t mj = static_cast<acc_t>(rm[j]);
+      acc_t vj = static_cast<acc_t>(rv[j]);
+      const acc_t xj = restore_adamw_element<acc_t>(
+          static_cast<acc_t>(rx0[j]), static_cast<acc_t>(rg[j]) * unscale, mj, vj, sc);
+      rm[j] = static_cast<scalar_t>(mj);
+      rv[j] = static_cast<scalar_t>(vj);
+      rx[j] = static_cast<scalar_t>(xj);
+    }
+    store(m, rm, i, ch.n, vec);
+    store(v, rv, i, ch.n, vec);
+    store(x, rx, i, ch.n, vec);
+  }
+}
+
+struct StepRef {
+  void* ptr;
+  int64_t is_double;
+};
+
+// steps[i] += 1 for every tensor of the list (empty ones too, as on the CPU),
+// unless found_inf is set.
+__global__ void increment_steps_kernel(const StepRef* steps, int64_t n, ScalarArg found_inf) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  if (found_inf.present && read_scalar(found_inf) != 0.0) return;
+  const StepRef s = steps[i];
+  if (s.is_double) {
+    *static_cast<double*>(s.ptr) += 1.0;
+  } else {
+    // (float)((double)step + 1) == step + 1.0f: both round the exact sum once.
+    *static_cast<float*>(s.ptr) += 1.0f;
+  }
+}
+
+void restore_adamw_cuda(at::TensorList params, at::TensorList backups, at::TensorList grads,
+                        at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                        at::TensorList steps, double lr, double beta1, double beta2,
+                        double weight_decay, double eps,
+                        const std::optional<at::Tensor>& grad_scale,
+                        const std::optional<at::Tensor>& found_inf) {
+  const size_t n = params.size();
+  check_same_length(backups.size(), n, "backups", "params");
+  check_same_length(grads.size(), n, "grads", "params");
+  check_same_length(exp_avgs.size(), n, "exp_avgs", "params");
+  check_same_length(exp_avg_sqs.size(), n, "exp_avg_sqs", "params");
+  check_same_length(steps.size(), n, "steps", "params");
+  if (n == 0) return;
+  const at::Device device = params[0].device();
+  TORCH_CHECK(device.is_cuda(), "slsam: params[0] is on ", device, "; expected a CUDA tensor");
+  for (size_t i = 0; i < n; ++i) {
+    check_float_tensor(params[i], "params", i);
+    check_device(params[i], device, "params", i);
+    check_dense(params[i], "params", i);
+    check_like(backups[i], params[i], "backups", "params", i);
+    check_like(grads[i], params[i], "grads", "params", i);
+    check_like(exp_avgs[i], params[i], "exp_avgs", "params", i);
+    check_like(exp_avg_sqs[i], params[i], "exp_avg_sqs", "params", i);
+    TORCH_CHECK(exp_avgs[i].strides() == params[i].strides() &&
+                    exp_avg_sqs[i].strides() == params[i].strides(),
+                "slsam: exp_avgs[", i, "] and exp_avg_sqs[", i,
+                "] must have the strides of params[", i, "] (use torch.zeros_like)");
+    TORCH_CHECK(steps[i].defined() && steps[i].numel() == 1 && steps[i].device() == device,
+                "slsam: steps[", i, "] must be a one-element tensor on ", device,
+                " (the CUDA kernel reads and increments it on the device; got ",
+                steps[i].defined() ? steps[i].device() : at::Device(at::kCPU), ")");
+    TORCH_CHECK(steps[i].scalar_type() == at::kFloat || steps[i].scalar_type() == at::kDouble,
+                "slsam: steps[", i, "] must be float32 or float64, got ",
+                steps[i].scalar_type());
+  }
+  c10::cuda::CUDAGuard guard(device);
+  std::vector<at::Tensor> bks, gs;
+  bks.reserve(n);
+  gs.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    bks.push_back(as_layout_of(backups[i], params[i]));
+    gs.push_back(as_layout_of(grads[i], params[i]));
+  }
+  at::Tensor keep_scale, keep_inf;
+  const ScalarArg scale_arg = scalar_arg(grad_scale, device, "grad_scale", keep_scale);
+  const ScalarArg inf_arg = scalar_arg(found_inf, device, "found_inf", keep_inf);
+
+  auto groups = group_by_dtype(params);
+  DeviceTable table;
+  std::vector<StepRef> step_refs(n);
+  for (size_t i = 0; i < n; ++i) {
+    step_refs[i] = StepRef{steps[i].data_ptr(), steps[i].scalar_type() == at::kDouble};
+  }
+  const size_t steps_offset = table.add(step_refs);
+  for (auto& g : groups) {
+    std::vector<AdamWEntry> entries;
+    for (size_t k = 0; k < g.members.size(); ++k) {
+      const size_t i = g.members[k];
+      entries.push_back(AdamWEntry{params[i].data_ptr(), bks[i].const_data_ptr(),
+                                   gs[i].const_data_ptr(), exp_avgs[i].data_ptr(),
+                                   exp_avg_sqs[i].data_ptr(), steps[i].const_data_ptr(),
+                                   steps[i].scalar_type() == at::kDouble, params[i].numel(),
+                                   g.chunk_first[k]});
+    }
+    g.table_offset = table.add(entries);
+  }
+  table.upload(device);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  const AdamWHyper hyper{lr, beta1, beta2, weight_decay, eps};
+  for (const auto& g : groups) {
+    check_grid(g.chunks);
+    SLSAM_CUDA_DISPATCH_FLOATING(g.dtype, "slsam_restore_adamw_cuda", [&] {
+      restore_adamw_kernel<scalar_t><<<static_cast<unsigned>(g.chunks), kThreads, 0, stream>>>(
+          table.at<AdamWEntry>(g.table_offset), static_cast<int64_t>(g.members.size()), hyper,
+          scale_arg, inf_arg);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  constexpr int kStepThreads = 256;
+  const auto step_blocks = static_cast<unsigned>((n + kStepThreads - 1) / kStepThreads);
+  increment_steps_kernel<<<step_blocks, kStepThreads, 0, stream>>>(
+      table.at<StepRef>(steps_offset), static_cast<int64_t>(n), inf_arg);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(slsam, CUDA, m) {
+  m.impl("perturb_", &perturb_cuda);
+  m.impl("restore_", &restore_cuda);
+  m.impl("restore_adamw_", &restore_adamw_cuda);
+}
+
+}  // namespace slsam::cuda
