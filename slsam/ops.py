@@ -16,6 +16,7 @@ from torch import Tensor
 
 from slsam import (
     _C,  # noqa: F401  (loading the library registers the operators)
+    _dtensor,
     reference,
 )
 
@@ -55,6 +56,10 @@ def grad_norms(
         return torch.zeros(0, device=dev), torch.zeros((), device=dev)
     grads = list(grads)
     w = list(weights) if weights is not None else None
+    if _dtensor.has_dtensor(grads):  # FSDP2: local shards, then one all-reduce
+        local_w = _dtensor.local(w) if w is not None else None
+        local_norms, _ = grad_norms(_dtensor.local(grads), local_w, device=device)
+        return _dtensor.reduce_norms(local_norms, grads)
     if has_kernel("grad_norms", grads[0].device):
         try:
             return _OPS.grad_norms(grads, w)
@@ -78,6 +83,8 @@ def perturb_(
     """
     if not len(params):
         return
+    if _dtensor.has_dtensor(params):
+        params, grads, backups = (_dtensor.local(ts) for ts in (params, grads, backups))
     if has_kernel("perturb_", params[0].device):
         try:
             _OPS.perturb_(list(params), list(grads), list(backups), total_norm, rho, adaptive)
@@ -91,6 +98,8 @@ def restore_(params: Sequence[Tensor], backups: Sequence[Tensor]) -> None:
     """``params = backups``, bit for bit."""
     if not len(params):
         return
+    if _dtensor.has_dtensor(params):
+        params, backups = _dtensor.local(params), _dtensor.local(backups)
     if has_kernel("restore_", params[0].device):
         _OPS.restore_(list(params), list(backups))
     else:
@@ -119,6 +128,9 @@ def restore_adamw_(
     """
     if not len(params):
         return
+    if _dtensor.has_dtensor(params):
+        params, backups, grads, exp_avgs, exp_avg_sqs = (
+            _dtensor.local(ts) for ts in (params, backups, grads, exp_avgs, exp_avg_sqs))
     args = (list(params), list(backups), list(grads), list(exp_avgs), list(exp_avg_sqs),
             list(steps), float(lr), float(beta1), float(beta2), float(weight_decay), float(eps),
             grad_scale, found_inf)
