@@ -41,6 +41,14 @@ inline void check_dense(const at::Tensor& t, const char* name, size_t i) {
               "e.g. p.data = p.data.contiguous()");
 }
 
+// The kernels write one operand while reading another element by element;
+// they must be different memory (restrict-qualified loops).
+inline void check_distinct(const at::Tensor& a, const at::Tensor& b, const char* a_name,
+                           const char* b_name, size_t i) {
+  TORCH_CHECK(a.numel() == 0 || a.data_ptr() != b.data_ptr(), "slsam: ", a_name, "[", i,
+              "] and ", b_name, "[", i, "] are the same memory; pass separate tensors");
+}
+
 inline void check_same_length(size_t n, size_t m, const char* name, const char* ref_name) {
   TORCH_CHECK(n == m, "slsam: ", name, " has ", n, " tensors but ", ref_name, " has ", m);
 }

@@ -279,3 +279,15 @@ def test_ops_compile_with_fullgraph():
     n1, t1 = norms(gs)
     n2, t2 = ops.grad_norms(gs)
     assert torch.equal(n1, n2) and torch.equal(t1, t2)
+
+
+def test_aliased_operands_are_refused():
+    p = torch.randn(8)
+    before = p.clone()
+    with pytest.raises(RuntimeError, match="same memory"):
+        ops.perturb_([p], [torch.randn(8)], [p], torch.tensor(1.0), 0.1)
+    m = torch.zeros(8)
+    with pytest.raises(RuntimeError, match="same memory"):
+        ops.restore_adamw_([p], [torch.randn(8)], [torch.randn(8)], [m], [m], [torch.tensor(0.0)],
+                           **HYPER)
+    assert torch.equal(p, before)
