@@ -27,11 +27,14 @@ Closure = Callable[[], Tensor]
 
 def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool,
                  fix: str) -> None:
-    ok = isinstance(value, (int, float)) and not math.isnan(value)
+    # NOTE: finite only: rho = inf or alpha = inf would turn every step into a skipped
+    # one (inf perturbation) or the probabilities into NaN (inf * 0 in the EXP3 weight).
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low) and value <= high
     if not ok:
         lo = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {lo}{low}, {high}], got {value!r}; {fix}")
+        hi = "]" if math.isfinite(high) else ")"
+        raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}; {fix}")
 
 
 class SLSAM(torch.optim.Optimizer):
@@ -113,6 +116,15 @@ class SLSAM(torch.optim.Optimizer):
                 f"params are on several devices ({sorted(map(str, devices))}); SLSAM needs one "
                 "device per optimizer: move the model with model.to(device) first")
         self._device = devices.pop() if devices else torch.device("cpu")
+        if self._device.type == "meta":
+            raise ValueError("params are on the meta device (no data); materialise the model first "
+                             "(e.g. model.to_empty(device='cpu') and initialise it), then create "
+                             "the optimizer")
+        not_float = sorted({str(p.dtype) for p in trainable if not p.is_floating_point()})
+        if not_float:
+            raise TypeError(f"SLSAM supports float32/float64/bfloat16/float16 parameters, got "
+                            f"{not_float}; freeze those tensors (requires_grad_(False)) or leave "
+                            "them out of the optimizer")
         self._arms: list[Tensor] = [
             p for g in self.param_groups if not g.get("always_active", False)
             for p in g["params"] if p.requires_grad]
@@ -126,6 +138,11 @@ class SLSAM(torch.optim.Optimizer):
         self._generator = torch.Generator(device=self._device)
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # Every rank must draw the same masks: take rank 0's seed.
+                box = [seed]
+                torch.distributed.broadcast_object_list(box, src=0)
+                seed = int(box[0])
         self._generator.manual_seed(int(seed))
         self._probs = torch.full((n,), self.sparsity, dtype=torch.float64, device=self._device)
         self._skipped = torch.zeros((), dtype=torch.int64, device=self._device)
@@ -213,9 +230,16 @@ class SLSAM(torch.optim.Optimizer):
             raise RuntimeError("step(closure) called between first_step() and second_step(); "
                                "call second_step() (or step() without a closure) first")
         loss0 = None
-        if not any(p.grad is not None for p in self._active):
-            loss0 = self._call_closure(closure, "first")
-        self.first_step(scaler=scaler)
+        try:
+            if not any(p.grad is not None for p in self._active):
+                loss0 = self._call_closure(closure, "first")
+            self.first_step(scaler=scaler)
+        except BaseException:
+            # NOTE: nothing has moved (first_step validates before it writes and undoes a
+            # partial perturbation); drop the pass's (possibly partial) gradients, or the
+            # next step() would take them as its first pass.
+            self._clear_grads()
+            raise
         try:
             loss1 = self._call_closure(closure, "second")
         except BaseException:
@@ -241,7 +265,11 @@ class SLSAM(torch.optim.Optimizer):
         norm_inputs = [g if g is not None else self._no_grad for g in arm_grads]
         norm_inputs += [p.grad for p in always]
         self._check_grads(norm_inputs)
+        self._check_grads_like_params(self._active)
         norms, total = ops.grad_norms(norm_inputs, device=self._device)
+        # NOTE: from the plain norms even when adaptive: the bandit reads them, and an
+        # overflowed norm (inf) must skip the step, not reach the EXP3 update as NaN.
+        found_inf = ~torch.isfinite(total)
         groups: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]] = []
         for group, active in zip(self.param_groups, self._active_by_group):
             ps = [p for p in active if p.grad is not None]
@@ -249,16 +277,25 @@ class SLSAM(torch.optim.Optimizer):
         if any(g["adaptive"] for g in self.param_groups):
             perturbed = [p for _, ps, _ in groups for p in ps]
             _, total = ops.grad_norms([p.grad for p in perturbed], perturbed, device=self._device)
+            found_inf = found_inf | ~torch.isfinite(total)
         # NOTE: rho * g / ||g|| does not change when g is scaled, so the perturbation
         # uses the (loss-scaled) gradients as they are; only the bandit's norms,
         # which are not scale-free, are unscaled.
-        for group, ps, backups in groups:
-            ops.perturb_(ps, [p.grad for p in ps], backups, total, group["rho"], group["adaptive"])
+        done: list[tuple[list[Tensor], list[Tensor]]] = []
+        try:
+            for group, ps, backups in groups:
+                ops.perturb_(ps, [p.grad for p in ps], backups, total, group["rho"],
+                             group["adaptive"])
+                done.append((ps, backups))
+        except BaseException:
+            for ps, backups in done:  # NOTE: a kernel refused a later group: undo the earlier
+                ops.restore_(ps, backups)
+            raise
         arm_norms = norms[: len(arm_grads)]
         grad_scale = self._grad_scale(scaler)
         if grad_scale is not None:
             arm_norms = arm_norms / grad_scale.to(arm_norms.device, torch.float32)
-        self._pending = dict(groups=groups, arm_norms=arm_norms, found_inf=~torch.isfinite(total))
+        self._pending = dict(groups=groups, arm_norms=arm_norms, found_inf=found_inf)
         self._clear_grads()
 
     @torch.no_grad()
@@ -270,24 +307,31 @@ class SLSAM(torch.optim.Optimizer):
             raise RuntimeError("second_step() called before first_step(); call first_step() "
                                "after the first backward")
         pending = self._pending
-        self._drop_inactive_grads()
-        grads2 = [p.grad for _, ps, _ in pending["groups"] for p in ps if p.grad is not None]
-        self._check_grads(grads2)
-        _, total2 = ops.grad_norms(grads2, device=self._device)
-        found_inf = pending["found_inf"] | ~torch.isfinite(total2)
-        external = getattr(self, "found_inf", None)  # set by GradScaler.step(opt)
-        if external is not None:
-            found_inf = found_inf | (external.to(found_inf.device) != 0)
-        grad_scale = self._grad_scale(scaler)
-        if self._fused:
-            self._restore_adamw(pending["groups"], found_inf, grad_scale)
-        else:
-            for _, ps, backups in pending["groups"]:
-                ops.restore_(ps, backups)
-            if not bool(found_inf):  # host sync: only on the generic (non-AdamW) path
-                if grad_scale is not None and grads2:
-                    torch._foreach_mul_(grads2, grad_scale.reciprocal().to(grads2[0].device))
-                self.base_optimizer.step()
+        # NOTE: a refused gradient or a failing base step must not leave the weights at
+        # x + e: restore them exactly and forget the pass, then re-raise.
+        try:
+            self._drop_inactive_grads()
+            grads2 = [p.grad for _, ps, _ in pending["groups"] for p in ps if p.grad is not None]
+            self._check_grads(grads2)
+            self._check_grads_like_params([p for _, ps, _ in pending["groups"] for p in ps])
+            _, total2 = ops.grad_norms(grads2, device=self._device)
+            found_inf = pending["found_inf"] | ~torch.isfinite(total2)
+            external = getattr(self, "found_inf", None)  # set by GradScaler.step(opt)
+            if external is not None:
+                found_inf = found_inf | (external.to(found_inf.device) != 0)
+            grad_scale = self._grad_scale(scaler)
+            if self._fused:
+                self._restore_adamw(pending["groups"], found_inf, grad_scale)
+            else:
+                for _, ps, backups in pending["groups"]:
+                    ops.restore_(ps, backups)
+                if not bool(found_inf):  # host sync: only on the generic (non-AdamW) path
+                    if grad_scale is not None and grads2:
+                        torch._foreach_mul_(grads2, grad_scale.reciprocal().to(grads2[0].device))
+                    self.base_optimizer.step()
+        except BaseException:
+            self._abort()
+            raise
         if self._sparse:
             ops.bandit_update_(self._probs, self._mask, pending["arm_norms"], found_inf,
                                self.alpha, self._k, self.normalize_loss)
@@ -331,6 +375,13 @@ class SLSAM(torch.optim.Optimizer):
         if extra["probs"].numel() != len(self._arms):
             raise ValueError(f"state_dict has {extra['probs'].numel()} arms, this optimizer "
                              f"has {len(self._arms)}: was it saved for another model?")
+        probs, mask = extra["probs"], extra["mask"]
+        if (mask.numel() != probs.numel() or not bool(torch.isfinite(probs).all())
+                or not bool(((probs > 0) & (probs <= 1)).all())):
+            # NOTE: a saved state always has p in [1e-8, 1]; p = 0 or NaN would stall the
+            # sampler on its argmax fallback and turn the EXP3 update into NaN.
+            raise ValueError("state_dict's bandit state is corrupted (probabilities not finite or "
+                             "outside (0, 1], or a mask of another size); load another checkpoint")
         if self._pending is not None:
             self._abort()
         self.base_optimizer.load_state_dict(sd)
@@ -399,6 +450,16 @@ class SLSAM(torch.optim.Optimizer):
             if g.device != self._device and g.numel():
                 raise ValueError(f"a gradient is on {g.device} but the parameters are on "
                                  f"{self._device}; keep model and gradients on one device")
+
+    def _check_grads_like_params(self, params: list[Tensor]) -> None:
+        """Refuse, before anything is written, gradients the kernels would refuse midway."""
+        for p in params:
+            g = p.grad
+            if g is not None and (g.shape != p.shape or g.dtype != p.dtype):
+                raise ValueError(
+                    f"a gradient has shape {tuple(g.shape)} and dtype {g.dtype} but its parameter "
+                    f"has shape {tuple(p.shape)} and dtype {p.dtype}; gradients must match their "
+                    "parameters (do not assign p.grad.data; use p.grad = torch.zeros_like(p))")
 
     def _call_closure(self, closure: Closure, which: str) -> Tensor:
         with torch.enable_grad():
