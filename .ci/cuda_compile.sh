@@ -53,9 +53,14 @@ log "torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__, "cuda
 #    build output of the CPU build (slsam/_C*.so, build/) comes along.
 rm -rf "$TREE"
 mkdir -p "$TREE"
-git ls-files -z --cached --others --exclude-standard \
-  | tar --null --ignore-failed-read -cf - -T - 2>/dev/null \
-  | tar -xf - -C "$TREE"
+if git rev-parse --is-inside-work-tree > /dev/null 2>&1; then
+  git ls-files -z --cached --others --exclude-standard \
+    | tar --null --ignore-failed-read -cf - -T - 2>/dev/null \
+    | tar -xf - -C "$TREE"
+else  # not a git checkout: everything but venvs, build outputs and caches
+  tar --exclude='./.venv*' --exclude=./build --exclude='*.so' --exclude='*.egg-info' \
+    --exclude=__pycache__ --exclude=.git -cf - . | tar -xf - -C "$TREE"
+fi
 
 # 3. Build and install the copy (editable) into the CUDA venv.
 cd "$TREE"

@@ -20,8 +20,10 @@ namespace {
 // One thread runs the shared serial update of slsam/bandit.h: the same fp64
 // operations in the same order as the CPU kernel, so for the same norms the
 // results agree to the last bits (CUDA's exp is within 1 ulp, and nvcc may
-// contract a*b+c into an FMA). A few serial passes over n fp64 values: about
-// ten microseconds per thousand arms.
+// contract a*b+c into an FMA). Serial: a handful of passes over n fp64
+// values on one GPU thread; expect tens of microseconds per thousand arms
+// (not yet measured on a GPU). If a profile shows it, the next step is one
+// block with the sums done as fixed-order block reductions.
 //
 // NOTE: the CPU kernel checks norms.numel() == mask.sum() on the host; here
 // that count lives on the device, so the kernel checks it (a device-side
@@ -78,7 +80,8 @@ void bandit_update_cuda(const at::Tensor& probs, const at::Tensor& mask, const a
 
 // NOTE: bounded resampling, as on the CPU: up to kMaxDraws Bernoulli draws of
 // the whole mask until one is non-empty, then the arm with the largest
-// probability (first on ties; a NaN wins only in arm 0, as on the CPU). One
+// probability (slsam::fallback_arm, shared with the CPU: first on ties, NaN
+// counting as -1, as in slsam.reference). One
 // block: thread t owns arms t, t + kMaskThreads, ... and draws their uniforms
 // from its own Philox4x32-10 subsequence (subsequence t of the generator's
 // seed, starting at the generator's offset), two 32-bit values per arm:
@@ -115,11 +118,7 @@ __global__ void __launch_bounds__(kMaskThreads)
     if (__syncthreads_or(any)) return;
   }
   if (threadIdx.x == 0) {  // every draw was empty (e.g. NaN probabilities)
-    int64_t best = 0;
-    for (int64_t i = 1; i < n; ++i) {
-      if (probs[i] > probs[best]) best = i;
-    }
-    out[best] = true;
+    out[fallback_arm(probs, n)] = true;
   }
 }
 
