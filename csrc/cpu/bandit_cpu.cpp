@@ -42,7 +42,8 @@ void bandit_update_cpu(const at::Tensor& probs, const at::Tensor& mask, const at
 // NOTE: bounded resampling. With valid probabilities an empty draw has
 // probability prod(1 - p_i), tiny for any real model; after kMaxDraws empty
 // draws (e.g. NaN probabilities) the arm with the largest probability is
-// taken, so a corrupted state can never hang the optimizer.
+// taken (fallback_arm: NaN counts as -1, as in slsam.reference), so a
+// corrupted state can never hang the optimizer.
 constexpr int kMaxDraws = 1000;
 
 at::Tensor sample_mask_cpu(const at::Tensor& probs, std::optional<at::Generator> generator) {
@@ -65,11 +66,7 @@ at::Tensor sample_mask_cpu(const at::Tensor& probs, std::optional<at::Generator>
     }
     if (any) return mask;
   }
-  int64_t best = 0;
-  for (int64_t i = 1; i < n; ++i) {
-    if (p[i] > p[best]) best = i;
-  }
-  out[best] = true;
+  out[fallback_arm(p, n)] = true;
   return mask;
 }
 

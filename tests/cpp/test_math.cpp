@@ -128,8 +128,23 @@ static void test_bandit_update() {
   for (double v : c) CHECK(v == 0.4);
 }
 
+static void test_fallback_arm() {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double a[4] = {0.1, 0.3, 0.3, 0.2};
+  CHECK(slsam::fallback_arm(a, 4) == 1);  // largest, first on ties
+  const double b[3] = {nan, 1e-300, 0.0};
+  CHECK(slsam::fallback_arm(b, 3) == 1);  // a valid arm beats a NaN, even in arm 0
+  const double c[3] = {0.0, nan, 0.0};
+  CHECK(slsam::fallback_arm(c, 3) == 0);
+  const double d[2] = {nan, nan};
+  CHECK(slsam::fallback_arm(d, 2) == 0);
+  const double e[1] = {nan};
+  CHECK(slsam::fallback_arm(e, 1) == 0);
+}
+
 int main() {
   test_chunks();
+  test_fallback_arm();
   test_sum_squares();
   test_perturb();
   test_adamw();

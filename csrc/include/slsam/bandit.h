@@ -63,6 +63,24 @@ SLSAM_HD inline void capped_projection(const double* w, int64_t n, double k,
   }
 }
 
+// The arm the mask sampler takes when every one of its bounded draws came out
+// empty (zero or NaN probabilities, i.e. a corrupted state): the largest
+// probability, first on ties, a NaN counting as -1 so that a valid arm wins over
+// a corrupted one; arm 0 if all are NaN. The rule of slsam.reference.sample_mask
+// (nan_to_num(nan=-1).argmax()); x != x is the NaN test portable to device code.
+SLSAM_HD inline int64_t fallback_arm(const double* p, int64_t n) {
+  int64_t best = 0;
+  double best_p = p[0] != p[0] ? -1.0 : p[0];
+  for (int64_t i = 1; i < n; ++i) {
+    const double q = p[i] != p[i] ? -1.0 : p[i];
+    if (q > best_p) {
+      best = i;
+      best_p = q;
+    }
+  }
+  return best;
+}
+
 // One EXP3 update. `norms` holds r_i for the active arms (mask[i] true), in
 // arm order. Inactive arms keep w_i = p_i. With `normalize`, r is divided by
 // its mean over the active arms first, which makes the loss scale-free (the
