@@ -225,12 +225,29 @@ __device__ inline bool vec_ok(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * kILP) == 0;
 }
 
-// kILP consecutive elements starting at i (< n); past n reads give T(0).
-// The vector and the scalar path produce the same values in the same
-// registers, so results do not depend on alignment.
-template <typename T>
-__device__ inline void load(T (&r)[kILP], const T* p, int64_t i, int64_t n, bool vec) {
-  if (vec && i + kILP <= n) {
+// The per-thread loop over a chunk of n elements: thread t takes the groups
+// of kILP elements starting at t * kILP, t * kILP + blockDim.x * kILP, ...,
+// calling body(i, kVec) with kVec a std::bool_constant. With `vec` (every
+// pointer aligned), whole groups run the vector path (kVec true) and only a
+// chunk's last, partial group the guarded scalar one; the element-to-thread
+// map and each thread's order are the same either way, so results do not
+// depend on alignment. Two separate loops (rather than a branch per access)
+// keep the compiler from merging the paths back into scalar accesses.
+template <typename Body>
+__device__ inline void for_each_group(int64_t n, bool vec, Body&& body) {
+  const int64_t step = static_cast<int64_t>(blockDim.x) * kILP;
+  int64_t i = static_cast<int64_t>(threadIdx.x) * kILP;
+  if (vec) {
+    for (; i + kILP <= n; i += step) body(i, std::true_type{});
+  }
+  for (; i < n; i += step) body(i, std::false_type{});
+}
+
+// kILP consecutive elements starting at i; with kVec false, reads past n
+// give T(0) and writes past n are dropped.
+template <bool kVec, typename T>
+__device__ inline void load(T (&r)[kILP], const T* p, int64_t i, int64_t n) {
+  if constexpr (kVec) {
     const Vec<T, kILP> v = *reinterpret_cast<const Vec<T, kILP>*>(p + i);
 #pragma unroll
     for (int j = 0; j < kILP; ++j) r[j] = v.v[j];
@@ -240,13 +257,34 @@ __device__ inline void load(T (&r)[kILP], const T* p, int64_t i, int64_t n, bool
   }
 }
 
+// NOTE: the vector store goes through __stwb (st.global.wb, the default
+// write-back policy) on a native vector type: with a plain aggregate store
+// nvcc sometimes splits it into scalar stores (seen in the copy kernel), while
+// the intrinsic is always one 8- or 16-byte store.
 template <typename T>
-__device__ inline void store(T* p, const T (&r)[kILP], int64_t i, int64_t n, bool vec) {
-  if (vec && i + kILP <= n) {
-    Vec<T, kILP> v;
-#pragma unroll
-    for (int j = 0; j < kILP; ++j) v.v[j] = r[j];
-    *reinterpret_cast<Vec<T, kILP>*>(p + i) = v;
+__device__ inline void store_vector(T* p, const T (&r)[kILP]) {
+  constexpr size_t kBytes = sizeof(T) * kILP;
+  static_assert(kBytes == 8 || kBytes == 16 || kBytes == 32, "unsupported vector width");
+  if constexpr (kBytes == 8) {
+    uint2 u;
+    memcpy(&u, r, kBytes);
+    __stwb(reinterpret_cast<uint2*>(p), u);
+  } else if constexpr (kBytes == 16) {
+    uint4 u;
+    memcpy(&u, r, kBytes);
+    __stwb(reinterpret_cast<uint4*>(p), u);
+  } else {
+    uint4 u[2];
+    memcpy(u, r, kBytes);
+    __stwb(reinterpret_cast<uint4*>(p), u[0]);
+    __stwb(reinterpret_cast<uint4*>(p) + 1, u[1]);
+  }
+}
+
+template <bool kVec, typename T>
+__device__ inline void store(T* p, const T (&r)[kILP], int64_t i, int64_t n) {
+  if constexpr (kVec) {
+    store_vector(p + i, r);
   } else {
 #pragma unroll
     for (int j = 0; j < kILP; ++j) {

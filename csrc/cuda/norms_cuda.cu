@@ -41,13 +41,13 @@ __global__ void __launch_bounds__(kThreads)
   acc_t acc[kILP];
 #pragma unroll
   for (int j = 0; j < kILP; ++j) acc[j] = acc_t(0);
-  for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < ch.n;
-       i += static_cast<int64_t>(blockDim.x) * kILP) {
+  for_each_group(ch.n, vec, [&](int64_t i, auto full) {
+    constexpr bool kVec = decltype(full)::value;
     scalar_t rg[kILP];
-    load(rg, g, i, ch.n, vec);
+    load<kVec>(rg, g, i, ch.n);
     if constexpr (kWeighted) {
       scalar_t rw[kILP];
-      load(rw, w, i, ch.n, vec);
+      load<kVec>(rw, w, i, ch.n);
 #pragma unroll
       for (int j = 0; j < kILP; ++j) {
         const acc_t wj = static_cast<acc_t>(rw[j]);
@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kThreads)
         acc[j] += v * v;
       }
     }
-  }
+  });
   acc_t s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
   s = block_sum(s);
   if (threadIdx.x == 0) partials[ch.e.partial_first + ch.local] = static_cast<double>(s);

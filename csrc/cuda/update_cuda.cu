@@ -40,19 +40,19 @@ __global__ void __launch_bounds__(kThreads)
   const scalar_t* g = static_cast<const scalar_t*>(ch.e.g) + ch.begin;
   scalar_t* bk = static_cast<scalar_t*>(ch.e.backup) + ch.begin;
   const bool vec = vec_ok<scalar_t>(x) && vec_ok<scalar_t>(g) && vec_ok<scalar_t>(bk);
-  for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < ch.n;
-       i += static_cast<int64_t>(blockDim.x) * kILP) {
+  for_each_group(ch.n, vec, [&](int64_t i, auto full) {
+    constexpr bool kVec = decltype(full)::value;
     scalar_t rx[kILP], rg[kILP], out[kILP];
-    load(rx, x, i, ch.n, vec);
-    load(rg, g, i, ch.n, vec);
+    load<kVec>(rx, x, i, ch.n);
+    load<kVec>(rg, g, i, ch.n);
 #pragma unroll
     for (int j = 0; j < kILP; ++j) {
       out[j] = static_cast<scalar_t>(perturb_element<acc_t>(
           static_cast<acc_t>(rx[j]), static_cast<acc_t>(rg[j]), scale, adaptive));
     }
-    store(bk, rx, i, ch.n, vec);
-    store(x, out, i, ch.n, vec);
-  }
+    store<kVec>(bk, rx, i, ch.n);
+    store<kVec>(x, out, i, ch.n);
+  });
 }
 
 void perturb_cuda(at::TensorList params, at::TensorList grads, at::TensorList backups,
@@ -122,12 +122,12 @@ __global__ void __launch_bounds__(kThreads)
   word_t* dst = static_cast<word_t*>(ch.e.dst) + ch.begin;
   const word_t* src = static_cast<const word_t*>(ch.e.src) + ch.begin;
   const bool vec = vec_ok<word_t>(dst) && vec_ok<word_t>(src);
-  for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < ch.n;
-       i += static_cast<int64_t>(blockDim.x) * kILP) {
+  for_each_group(ch.n, vec, [&](int64_t i, auto full) {
+    constexpr bool kVec = decltype(full)::value;
     word_t r[kILP];
-    load(r, src, i, ch.n, vec);
-    store(dst, r, i, ch.n, vec);
-  }
+    load<kVec>(r, src, i, ch.n);
+    store<kVec>(dst, r, i, ch.n);
+  });
 }
 
 // params[i] = srcs[i] for the listed tensors (already checked, same layout).
@@ -228,12 +228,12 @@ __global__ void __launch_bounds__(kThreads)
   const scalar_t* x0 = static_cast<const scalar_t*>(ch.e.x0) + ch.begin;
   if (s_skip) {  // only the restore; moments and steps stay as they were
     const bool vec = vec_ok<scalar_t>(x) && vec_ok<scalar_t>(x0);
-    for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < ch.n;
-         i += static_cast<int64_t>(blockDim.x) * kILP) {
+    for_each_group(ch.n, vec, [&](int64_t i, auto full) {
+      constexpr bool kVec = decltype(full)::value;
       scalar_t r[kILP];
-      load(r, x0, i, ch.n, vec);
-      store(x, r, i, ch.n, vec);
-    }
+      load<kVec>(r, x0, i, ch.n);
+      store<kVec>(x, r, i, ch.n);
+    });
     return;
   }
   const AdamWScalars<acc_t> sc = s_sc;
@@ -243,13 +243,13 @@ __global__ void __launch_bounds__(kThreads)
   scalar_t* v = static_cast<scalar_t*>(ch.e.v) + ch.begin;
   const bool vec = vec_ok<scalar_t>(x) && vec_ok<scalar_t>(x0) && vec_ok<scalar_t>(g) &&
                    vec_ok<scalar_t>(m) && vec_ok<scalar_t>(v);
-  for (int64_t i = static_cast<int64_t>(threadIdx.x) * kILP; i < ch.n;
-       i += static_cast<int64_t>(blockDim.x) * kILP) {
+  for_each_group(ch.n, vec, [&](int64_t i, auto full) {
+    constexpr bool kVec = decltype(full)::value;
     scalar_t rx0[kILP], rg[kILP], rm[kILP], rv[kILP], rx[kILP];
-    load(rx0, x0, i, ch.n, vec);
-    load(rg, g, i, ch.n, vec);
-    load(rm, m, i, ch.n, vec);
-    load(rv, v, i, ch.n, vec);
+    load<kVec>(rx0, x0, i, ch.n);
+    load<kVec>(rg, g, i, ch.n);
+    load<kVec>(rm, m, i, ch.n);
+    load<kVec>(rv, v, i, ch.n);
 #pragma unroll
     for (int j = 0; j < kILP; ++j) {
       acc_t mj = static_cast<acc_t>(rm[j]);
@@ -260,10 +260,10 @@ __global__ void __launch_bounds__(kThreads)
       rv[j] = static_cast<scalar_t>(vj);
       rx[j] = static_cast<scalar_t>(xj);
     }
-    store(m, rm, i, ch.n, vec);
-    store(v, rv, i, ch.n, vec);
-    store(x, rx, i, ch.n, vec);
-  }
+    store<kVec>(m, rm, i, ch.n);
+    store<kVec>(v, rv, i, ch.n);
+    store<kVec>(x, rx, i, ch.n);
+  });
 }
 
 struct StepRef {
