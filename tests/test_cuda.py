@@ -464,10 +464,8 @@ def mirror_sample_mask(probs, seed, offset):
                 mask[i] = ((hi << 21) | (lo >> 11)) * 2.0**-53 < p[i]
         if any(mask):
             return mask
-    best = 0
-    for i in range(1, n):
-        if p[i] > p[best]:
-            best = i
+    q = [-1.0 if math.isnan(x) else x for x in p]  # slsam::fallback_arm
+    best = q.index(max(q))
     return [i == best for i in range(n)]
 
 
@@ -529,8 +527,8 @@ def test_sample_mask_frequencies():
 
 
 def test_sample_mask_fallback_is_the_cpu_kernels():
-    for probs in ([0.0] * 5, [0.0, float("nan"), 0.0], [float("nan"), 1e-300, 0.0],
-                  [0.0, 0.0, 0.0, 0.0]):
+    nan = float("nan")
+    for probs in ([0.0] * 5, [0.0, nan, 0.0], [nan, 1e-300, 0.0], [nan, nan], [0.0, 0.0, -1.0]):
         p = torch.tensor(probs, dtype=torch.float64)
         expect = ops.sample_mask(p, torch.Generator().manual_seed(0))
         got = ops.sample_mask(p.to(DEV), torch.Generator(device=DEV).manual_seed(0))
