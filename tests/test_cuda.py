@@ -717,3 +717,15 @@ def test_mixed_devices_are_refused():
                      [torch.empty(5, device=DEV), torch.empty(3)], torch.tensor(1.0), 0.1)
     with pytest.raises(RuntimeError, match="device"):
         ops.restore_([p], [torch.randn(5)])
+
+
+def test_aliased_operands_are_refused():
+    p = torch.randn(8, device=DEV)
+    before = p.clone()
+    with pytest.raises(RuntimeError, match="same memory"):
+        ops.perturb_([p], [torch.randn(8, device=DEV)], [p], torch.tensor(1.0, device=DEV), 0.1)
+    m = torch.zeros(8, device=DEV)
+    with pytest.raises(RuntimeError, match="same memory"):
+        ops.restore_adamw_([p], [torch.randn(8, device=DEV)], [torch.randn(8, device=DEV)], [m],
+                           [m], [torch.tensor(0.0, device=DEV)], **HYPER)
+    assert torch.equal(p, before)

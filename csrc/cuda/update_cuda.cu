@@ -73,6 +73,8 @@ void perturb_cuda(at::TensorList params, at::TensorList grads, at::TensorList ba
     check_like(backups[i], params[i], "backups", "params", i);
     TORCH_CHECK(backups[i].strides() == params[i].strides(), "slsam: backups[", i,
                 "] must have the strides of params[", i, "] (use torch.empty_like)");
+    check_distinct(backups[i], params[i], "backups", "params", i);
+    check_distinct(grads[i], params[i], "grads", "params", i);
   }
   c10::cuda::CUDAGuard guard(device);
   for (size_t i = 0; i < n; ++i) gs.push_back(as_layout_of(grads[i], params[i]));
@@ -320,6 +322,11 @@ void restore_adamw_cuda(at::TensorList params, at::TensorList backups, at::Tenso
     TORCH_CHECK(steps[i].scalar_type() == at::kFloat || steps[i].scalar_type() == at::kDouble,
                 "slsam: steps[", i, "] must be float32 or float64, got ",
                 steps[i].scalar_type());
+    check_distinct(backups[i], params[i], "backups", "params", i);
+    check_distinct(grads[i], params[i], "grads", "params", i);
+    check_distinct(exp_avgs[i], params[i], "exp_avgs", "params", i);
+    check_distinct(exp_avg_sqs[i], params[i], "exp_avg_sqs", "params", i);
+    check_distinct(exp_avg_sqs[i], exp_avgs[i], "exp_avg_sqs", "exp_avgs", i);
   }
   c10::cuda::CUDAGuard guard(device);
   std::vector<at::Tensor> bks, gs;
