@@ -18,7 +18,6 @@ from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-PY_LIMITED_API = "0x03090000"  # the extension has no Python API: one wheel for 3.9+
 
 
 def want_cuda() -> bool:
@@ -46,7 +45,9 @@ def extension():
     # No -std flag: torch.utils.cpp_extension adds the standard the installed
     # torch needs (C++20 for torch >= 2.13; a hard-coded c++17 breaks 2.14).
     # -fno-math-errno lets the compiler vectorise sqrt (same results, no errno).
-    cxx = ["-O3", "-fno-math-errno", "-fopenmp", f"-DPy_LIMITED_API={PY_LIMITED_API}"]
+    # Py_LIMITED_API itself is defined by cpp_extension (py_limited_api=True below),
+    # at torch's own minimum CPython; a second definition here would clash.
+    cxx = ["-O3", "-fno-math-errno", "-fopenmp"]
     args: dict[str, list[str]] = {"cxx": cxx}
     kind = CppExtension
     if use_cuda:
@@ -76,7 +77,7 @@ setup(
     packages=find_packages(include=["slsam", "slsam.*"]),
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
-    python_requires=">=3.9",
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+    python_requires=">=3.10",
     install_requires=["numpy"],
 )

@@ -1,7 +1,7 @@
 // The Python module slsam._C. Importing it loads this library, which runs the
 // operator registrations (ops.cpp, cpu/, cuda/). No pybind11: the module is
 // empty, so it builds against the stable (limited) Python API and one wheel
-// serves every Python >= 3.9. C++ users link the same sources without it
+// serves every Python >= 3.10. C++ users link the same sources without it
 // (CMakeLists.txt).
 #include <Python.h>
 
