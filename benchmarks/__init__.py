@@ -1,0 +1,1 @@
+"""Benchmarks of slsam (run as modules: python -m benchmarks.micro)."""
