@@ -37,6 +37,17 @@ def _check_range(name: str, value: float, low: float, high: float, *, low_open: 
         raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}; {fix}")
 
 
+# NOTE: set on an arm while SLSAM has turned its requires_grad off, so that an optimizer
+# built later on the same parameters (re-created in the same process, e.g. Lightning's
+# lr_find before fit) takes it as an arm again, not as a tensor the user froze, which
+# would then never train (found by the fuzz test's state_dict round trip).
+_MASKED = "_slsam_masked"
+
+
+def _trainable(p: Tensor) -> bool:
+    return p.requires_grad or getattr(p, _MASKED, False)
+
+
 class SLSAM(torch.optim.Optimizer):
     # GradScaler.step(opt) then hands over grad_scale/found_inf and calls step().
     _step_supports_amp_scaling = True
@@ -109,7 +120,7 @@ class SLSAM(torch.optim.Optimizer):
         self.normalize_loss = bool(normalize_loss)
         self.mask_mode = mask_mode
 
-        trainable = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        trainable = [p for g in self.param_groups for p in g["params"] if _trainable(p)]
         devices = {p.device for p in trainable}
         if len(devices) > 1:
             raise ValueError(
@@ -127,11 +138,15 @@ class SLSAM(torch.optim.Optimizer):
                             "them out of the optimizer")
         self._arms: list[Tensor] = [
             p for g in self.param_groups if not g.get("always_active", False)
-            for p in g["params"] if p.requires_grad]
+            for p in g["params"] if _trainable(p)]
         self._always: list[Tensor] = [
             p for g in self.param_groups if g.get("always_active", False)
-            for p in g["params"] if p.requires_grad]
+            for p in g["params"] if _trainable(p)]
         self._trainable_ids = {id(p) for p in trainable}
+        for p in trainable:  # masked off by an earlier SLSAM: trainable again (see _MASKED)
+            if getattr(p, _MASKED, False):
+                p.requires_grad_(True)
+                setattr(p, _MASKED, False)
         n = len(self._arms)
         self._k = self.sparsity * n
         self._sparse = self._k < n  # sparsity 1: every arm always on, no bandit
@@ -417,6 +432,7 @@ class SLSAM(torch.optim.Optimizer):
         if self.mask_mode == "requires_grad":
             for p, on in zip(self._arms, self._mask_list):
                 p.requires_grad_(on)
+                setattr(p, _MASKED, not on)
         self._active_arms = [p for p, on in zip(self._arms, self._mask_list) if on]
         ids = {id(p) for p in self._active_arms} | {id(p) for p in self._always}
         self._active_by_group = [[p for p in g["params"] if id(p) in ids]
@@ -430,11 +446,17 @@ class SLSAM(torch.optim.Optimizer):
         self._drop_inactive_grads()
 
     def _drop_inactive_grads(self) -> None:
-        """mask_mode="grad": every arm computes a gradient; the inactive ones are dropped."""
-        if self.mask_mode == "grad":
-            for p, on in zip(self._arms, self._mask_list):
-                if not on:
-                    p.grad = None
+        """Inactive arms hold no gradient during a step. mask_mode="grad": every arm computes
+        one, the inactive ones are dropped.
+
+        NOTE: also with mask_mode="requires_grad": an inactive arm can still hold a gradient
+        (a backward inside ``dense()``, one left from before); a generic base optimizer's
+        step() would apply it to the inactive tensor, every step (found by tests/test_fuzz.py;
+        regression test in tests/test_faults.py).
+        """
+        for p, on in zip(self._arms, self._mask_list):
+            if not on and p.grad is not None:
+                p.grad = None
 
     def _grad_scale(self, scaler: GradScaler | None) -> Tensor | None:
         """The loss scale the gradients carry: the scaler's, or GradScaler.step()'s attribute."""

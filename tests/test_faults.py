@@ -749,6 +749,47 @@ def test_ten_thousand_tensors():
     assert [p.requires_grad for p in params] == opt.mask.tolist()
 
 
+@pytest.mark.parametrize("base", list(BASES))
+def test_stale_gradients_of_inactive_tensors_are_not_applied(base):
+    """Found by the fuzz test: gradients left on inactive tensors (a backward inside
+    dense(), no zero_grad() before the next step) reached a generic base optimizer's
+    step(), which updated the inactive tensors with them -- every step, since nothing
+    cleared them. Now inactive tensors hold no gradient during a step."""
+    model, opt = make_opt(base, sparsity=0.3, depth=6)
+    for i in range(3):
+        x, y = batch(i)
+        with opt.dense():
+            F.cross_entropy(model(x), y).backward()  # e.g. a saliency probe
+        mask, before = opt.mask.tolist(), snapshot(model)
+        F.cross_entropy(model(x), y).backward()  # davda style, without zero_grad()
+        opt.step(make_closure(model, opt, x, y, zero=False))
+        for on, p, b in zip(mask, model.parameters(), before):
+            if not on:
+                assert torch.equal(p, b), "an inactive tensor was updated"
+        assert all(p.grad is None for p in model.parameters())
+
+
+def test_optimizer_rebuilt_on_masked_parameters_keeps_every_arm():
+    """Found by the fuzz test: an SLSAM built on parameters another SLSAM had masked (e.g.
+    re-created in the same process) took the inactive ones for frozen tensors, so they
+    would never train. Parameters the user froze stay frozen."""
+    model = tiny_mlp(depth=6)
+    frozen = list(model.parameters())[0]
+    frozen.requires_grad_(False)
+    first = slsam.SLSAM(model.parameters(), sparsity=0.2, seed=0)
+    assert not all(p.requires_grad for p in first.arms)  # some masked off
+    second = slsam.SLSAM(model.parameters(), sparsity=0.2, seed=1)
+    assert len(second.arms) == len(first.arms) == len(list(model.parameters())) - 1
+    assert [p.requires_grad for p in second.arms] == second.mask.tolist()
+    assert not frozen.requires_grad
+    second.load_state_dict(first.state_dict())  # the round trip that failed
+    assert torch.equal(second.mask, first.mask)
+    head = list(model.parameters())[-2:]
+    third = slsam.SLSAM([{"params": list(model.parameters())[1:-2]},
+                         {"params": head, "always_active": True}], sparsity=0.2, seed=2)
+    assert all(p.requires_grad for p in head) and len(third.arms) == len(first.arms) - 2
+
+
 def test_all_arms_frozen_or_always_active():
     """No arms at all (everything always active): no bandit, SAM on the group."""
     model = tiny_mlp()
