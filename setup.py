@@ -47,7 +47,9 @@ def extension():
     # -fno-math-errno lets the compiler vectorise sqrt (same results, no errno).
     # Py_LIMITED_API itself is defined by cpp_extension (py_limited_api=True below),
     # at torch's own minimum CPython; a second definition here would clash.
-    cxx = ["-O3", "-fno-math-errno", "-fopenmp"]
+    # -ffp-contract=off: no fused multiply-adds, so the baseline and AVX2 loops
+    # (csrc/cpu/span_loops.h) and every machine round alike.
+    cxx = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fopenmp"]
     args: dict[str, list[str]] = {"cxx": cxx}
     kind = CppExtension
     if use_cuda:

@@ -8,7 +8,7 @@
 
 #include "../checks.h"
 #include "cpu_loops.h"
-#include "slsam/reduce.h"
+#include "span_loops.h"
 
 namespace slsam::cpu {
 namespace {
@@ -41,24 +41,20 @@ std::tuple<at::Tensor, at::Tensor> grad_norms_cpu(at::TensorList grads,
   const auto table = chunk_table(numels, kChunk);
   const auto first = chunk_offsets(numels, kChunk);
   std::vector<double> partial(table.size());
-  at::parallel_for(0, static_cast<int64_t>(table.size()), 1, [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < e; ++c) {
-      const auto& ch = table[c];
-      const at::Tensor& g = gs[ch.tensor];
-      SLSAM_DISPATCH_FLOATING(g.scalar_type(), "grad_norms_cpu", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        const scalar_t* gp = g.const_data_ptr<scalar_t>() + ch.begin;
-        if (ws.empty()) {
-          partial[c] = sum_squares<acc_t>(ch.end - ch.begin,
-                                          [&](int64_t i) { return static_cast<acc_t>(gp[i]); });
-        } else {
-          const scalar_t* wp = ws[ch.tensor].const_data_ptr<scalar_t>() + ch.begin;
-          partial[c] = sum_squares<acc_t>(ch.end - ch.begin, [&](int64_t i) {
-            return std::abs(static_cast<acc_t>(wp[i])) * static_cast<acc_t>(gp[i]);
-          });
-        }
-      });
-    }
+  with_span_isa([&](auto isa) {
+    at::parallel_for(0, static_cast<int64_t>(table.size()), 1, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) {
+        const auto& ch = table[c];
+        const at::Tensor& g = gs[ch.tensor];
+        SLSAM_DISPATCH_FLOATING(g.scalar_type(), "grad_norms_cpu", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          const scalar_t* w =
+              ws.empty() ? nullptr : ws[ch.tensor].const_data_ptr<scalar_t>() + ch.begin;
+          partial[c] = decltype(isa)::template sum_squares_span<scalar_t, acc_t>(
+              g.const_data_ptr<scalar_t>() + ch.begin, w, ch.end - ch.begin);
+        });
+      }
+    });
   });
 
   auto opts = at::TensorOptions().dtype(at::kFloat).device(at::kCPU);

@@ -8,6 +8,7 @@
 
 #include "../checks.h"
 #include "cpu_loops.h"
+#include "span_loops.h"
 #include "slsam/elementwise.h"
 
 namespace slsam::cpu {
@@ -42,20 +43,15 @@ void perturb_cpu(at::TensorList params, at::TensorList grads, at::TensorList bac
     gs.push_back(as_layout_of(grads[i], params[i]));
   }
   const double scale = perturb_scale<double>(scalar_of(total_norm), rho, 1e-12);
-  for_each_chunk(params, [&](int64_t t, int64_t b, int64_t e) {
-    SLSAM_DISPATCH_FLOATING(params[t].scalar_type(), "perturb_cpu", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      // NOTE: __restrict__: distinct tensors (checked above), so the loop vectorises
-      // without runtime alias checks.
-      scalar_t* __restrict__ x = params[t].data_ptr<scalar_t>();
-      scalar_t* __restrict__ bk = backups[t].data_ptr<scalar_t>();
-      const scalar_t* __restrict__ g = gs[t].const_data_ptr<scalar_t>();
-      const acc_t s = static_cast<acc_t>(scale);
-      for (int64_t i = b; i < e; ++i) {
-        bk[i] = x[i];
-        x[i] = static_cast<scalar_t>(perturb_element<acc_t>(
-            static_cast<acc_t>(x[i]), static_cast<acc_t>(g[i]), s, adaptive));
-      }
+  with_span_isa([&](auto isa) {
+    for_each_chunk(params, [&](int64_t t, int64_t b, int64_t e) {
+      SLSAM_DISPATCH_FLOATING(params[t].scalar_type(), "perturb_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        decltype(isa)::perturb_span(params[t].data_ptr<scalar_t>() + b,
+                                    backups[t].data_ptr<scalar_t>() + b,
+                                    gs[t].const_data_ptr<scalar_t>() + b,
+                                    static_cast<acc_t>(scale), adaptive, e - b);
+      });
     });
   });
 }
@@ -118,25 +114,16 @@ void restore_adamw_cpu(at::TensorList params, at::TensorList backups, at::Tensor
   const double inv_scale = grad_scale.has_value() ? 1.0 / scalar_of(*grad_scale) : 1.0;
   std::vector<double> next_step(n);
   for (size_t i = 0; i < n; ++i) next_step[i] = scalar_of(steps[i]) + 1.0;
-  for_each_chunk(params, [&](int64_t t, int64_t b, int64_t e) {
-    SLSAM_DISPATCH_FLOATING(params[t].scalar_type(), "restore_adamw_cpu", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      scalar_t* __restrict__ x = params[t].data_ptr<scalar_t>();
-      scalar_t* __restrict__ m = exp_avgs[t].data_ptr<scalar_t>();
-      scalar_t* __restrict__ v = exp_avg_sqs[t].data_ptr<scalar_t>();
-      const scalar_t* __restrict__ x0 = bks[t].const_data_ptr<scalar_t>();
-      const scalar_t* __restrict__ g = gs[t].const_data_ptr<scalar_t>();
-      const auto s = adamw_scalars<acc_t>(lr, beta1, beta2, weight_decay, eps, next_step[t]);
-      const acc_t unscale = static_cast<acc_t>(inv_scale);
-      for (int64_t i = b; i < e; ++i) {
-        acc_t mi = static_cast<acc_t>(m[i]);
-        acc_t vi = static_cast<acc_t>(v[i]);
-        const acc_t xi = restore_adamw_element<acc_t>(
-            static_cast<acc_t>(x0[i]), static_cast<acc_t>(g[i]) * unscale, mi, vi, s);
-        m[i] = static_cast<scalar_t>(mi);
-        v[i] = static_cast<scalar_t>(vi);
-        x[i] = static_cast<scalar_t>(xi);
-      }
+  with_span_isa([&](auto isa) {
+    for_each_chunk(params, [&](int64_t t, int64_t b, int64_t e) {
+      SLSAM_DISPATCH_FLOATING(params[t].scalar_type(), "restore_adamw_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const auto s = adamw_scalars<acc_t>(lr, beta1, beta2, weight_decay, eps, next_step[t]);
+        decltype(isa)::restore_adamw_span(
+            params[t].data_ptr<scalar_t>() + b, bks[t].const_data_ptr<scalar_t>() + b,
+            gs[t].const_data_ptr<scalar_t>() + b, exp_avgs[t].data_ptr<scalar_t>() + b,
+            exp_avg_sqs[t].data_ptr<scalar_t>() + b, s, static_cast<acc_t>(inv_scale), e - b);
+      });
     });
   });
   for (size_t i = 0; i < n; ++i) {

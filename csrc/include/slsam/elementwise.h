@@ -15,6 +15,19 @@ SLSAM_HD inline bool is_finite(T x) {
   return (x - x) == (x - x);
 }
 
+// Square root in T's own precision on host and device. NOTE: a bare sqrt(float)
+// on the host can resolve to the C library's double sqrt, which makes the CPU
+// kernels compute the rest of the expression in double (slower, and rounded
+// differently from the CUDA kernels and torch.optim.AdamW).
+template <typename T>
+SLSAM_HD inline T sqrt_of(T x) {
+#if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
+  return ::sqrt(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+
 // SAM / ASAM perturbation of one element: x + scale * g, or, in the adaptive
 // (ASAM) form, x + scale * x^2 * g.
 template <typename acc_t>
@@ -72,7 +85,7 @@ SLSAM_HD inline acc_t restore_adamw_element(acc_t x0, acc_t g, acc_t& m, acc_t& 
   // torch's lerp: start + w * (end - start) for w < 0.5, else end - (end - start) * (1 - w)
   m = w1 < acc_t(0.5) ? m + w1 * (g - m) : g - (g - m) * (one - w1);
   v = s.beta2 * v + (one - s.beta2) * g * g;
-  const acc_t denom = sqrt(v) / s.bias_corr2_sqrt + s.eps;
+  const acc_t denom = sqrt_of(v) / s.bias_corr2_sqrt + s.eps;
   return x - s.step_size * (m / denom);
 }
 

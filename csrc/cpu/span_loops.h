@@ -1,0 +1,97 @@
+// The per-span CPU loops (span_loops.inc), compiled for two targets: the
+// baseline of the build and, on x86-64, AVX2 + FMA + F16C. `span_isa()` picks
+// the best one the running CPU has, once; SLSAM_CPU_ISA=baseline forces the
+// baseline (tests compare the two bit for bit).
+// NOTE: a target region instead of -march flags: the wheel keeps running on
+// any x86-64 while the loops use 256-bit vectors where the CPU has them, as
+// torch's own CPU kernels do with their per-ISA builds.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "slsam/elementwise.h"
+#include "slsam/reduce.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define SLSAM_HAVE_AVX2_SPANS 1
+#else
+#define SLSAM_HAVE_AVX2_SPANS 0
+#endif
+
+namespace slsam::cpu {
+
+namespace baseline {
+#define SLSAM_SPAN_F16C 0
+#include "span_loops.inc"
+#undef SLSAM_SPAN_F16C
+}  // namespace baseline
+
+#if SLSAM_HAVE_AVX2_SPANS
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+namespace avx2 {
+#define SLSAM_SPAN_F16C 1
+#include "span_loops.inc"
+#undef SLSAM_SPAN_F16C
+}  // namespace avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
+
+enum class SpanIsa { kBaseline, kAvx2 };
+
+// The loops' target for this process: AVX2 when the CPU has AVX2, FMA and
+// F16C and SLSAM_CPU_ISA is not "baseline".
+SpanIsa span_isa();
+const char* span_isa_name();
+
+// Calls fn(ns) with the namespace tag of the selected target, e.g.
+//   with_span_isa([&](auto isa) { decltype(isa)::perturb_span(...); });
+struct BaselineSpans {
+  template <typename... A>
+  static void perturb_span(A&&... a) { baseline::perturb_span(std::forward<A>(a)...); }
+  template <typename... A>
+  static void restore_adamw_span(A&&... a) { baseline::restore_adamw_span(std::forward<A>(a)...); }
+  template <typename T, typename acc_t>
+  static double sum_squares_span(const T* g, const T* w, int64_t n) {
+    return baseline::sum_squares_span<T, acc_t>(g, w, n);
+  }
+};
+
+#if SLSAM_HAVE_AVX2_SPANS
+struct Avx2Spans {
+  template <typename... A>
+  static void perturb_span(A&&... a) { avx2::perturb_span(std::forward<A>(a)...); }
+  template <typename... A>
+  static void restore_adamw_span(A&&... a) { avx2::restore_adamw_span(std::forward<A>(a)...); }
+  template <typename T, typename acc_t>
+  static double sum_squares_span(const T* g, const T* w, int64_t n) {
+    return avx2::sum_squares_span<T, acc_t>(g, w, n);
+  }
+};
+#endif
+
+template <typename Fn>
+void with_span_isa(Fn&& fn) {
+#if SLSAM_HAVE_AVX2_SPANS
+  if (span_isa() == SpanIsa::kAvx2) return fn(Avx2Spans{});
+#endif
+  fn(BaselineSpans{});
+}
+
+}  // namespace slsam::cpu

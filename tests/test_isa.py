@@ -1,0 +1,74 @@
+"""The CPU kernels' two loop targets (AVX2 and the baseline x86-64 build, see
+csrc/cpu/span_loops.h) give the same bits: both round every operation alike
+(-ffp-contract=off, same association order). The baseline runs in a
+subprocess with SLSAM_CPU_ISA=baseline, since the target is chosen once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from slsam import _C
+
+SCRIPT = r"""
+import sys
+import torch
+import slsam
+from slsam import _C, ops
+
+torch.manual_seed(0)
+out = {"isa": _C.cpu_isa()}
+# sizes: empty, tiny, odd, across the 1024-element block and the 65536 chunk
+sizes = [0, 1, 7, 1023, 1025, 65537, 200003]
+for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+    xs = [torch.randn(n, dtype=dtype) for n in sizes]
+    gs = [torch.randn(n, dtype=dtype) * 1e-2 for n in sizes]
+    norms, total = ops.grad_norms(gs)
+    wnorms, _ = ops.grad_norms(gs, xs)
+    for adaptive in (False, True):
+        ps = [x.clone() for x in xs]
+        bks = [torch.empty_like(x) for x in xs]
+        ops.perturb_(ps, gs, bks, total, 0.05, adaptive)
+        out[f"{dtype}-perturb-{adaptive}"] = ps
+    ps = [x.clone() for x in xs]
+    ms = [torch.randn(n, dtype=dtype) * 1e-3 for n in sizes]
+    vs = [torch.rand(n, dtype=dtype) * 1e-4 for n in sizes]
+    steps = [torch.tensor(3.0) for _ in sizes]
+    ops.restore_adamw_(ps, xs, gs, ms, vs, steps, 1e-3, 0.9, 0.999, 0.01, 1e-8,
+                       grad_scale=torch.tensor(2.0))
+    out[f"{dtype}-norms"] = [norms, total, wnorms]
+    out[f"{dtype}-adamw"] = ps + ms + vs
+torch.save(out, sys.argv[1])
+"""
+
+
+def run(path: Path, isa: str | None) -> dict:
+    env = dict(os.environ)
+    env.pop("SLSAM_CPU_ISA", None)
+    if isa is not None:
+        env["SLSAM_CPU_ISA"] = isa
+    subprocess.run([sys.executable, "-c", SCRIPT, str(path)], check=True, env=env)
+    return torch.load(path)
+
+
+def test_cpu_isa_reports_a_known_target():
+    assert _C.cpu_isa() in {"avx2", "baseline"}
+
+
+@pytest.mark.skipif(_C.cpu_isa() != "avx2", reason="this CPU runs the baseline loops only")
+def test_avx2_and_baseline_loops_are_bit_identical(tmp_path: Path):
+    fast = run(tmp_path / "fast.pt", None)
+    base = run(tmp_path / "base.pt", "baseline")
+    assert fast.pop("isa") == "avx2"
+    assert base.pop("isa") == "baseline"
+    assert fast.keys() == base.keys()
+    for key in fast:
+        for a, b in zip(fast[key], base[key], strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape, key
+            assert torch.equal(a.view(-1).view(torch.uint8) if a.numel() else a,
+                               b.view(-1).view(torch.uint8) if b.numel() else b), key
