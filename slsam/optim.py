@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.amp.grad_scaler import GradScaler, OptState
 
 from slsam import ops
+from slsam._backups import BackupPool
 
 Closure = Callable[[], Tensor]
 
@@ -49,9 +50,6 @@ def _trainable(p: Tensor) -> bool:
 
 
 class SLSAM(torch.optim.Optimizer):
-    # GradScaler.step(opt) then hands over grad_scale/found_inf and calls step().
-    _step_supports_amp_scaling = True
-
     """Sparse Layer Sharpness-Aware Minimization.
 
     Args:
@@ -78,8 +76,16 @@ class SLSAM(torch.optim.Optimizer):
             after each backward: no backward saving, but the autograd graph never
             changes (for ``torch.compile``d models and wrappers that cannot follow
             ``requires_grad`` changes).
+        reuse_backups: keep the weight backups in one buffer reused every step
+            (default: on CPU, where fresh memory costs a page fault per 4 KiB on its
+            first write; CUDA's caching allocator reuses memory by itself). The
+            buffer stays allocated between steps, at the size of the largest set of
+            active tensors so far (``backup_bytes()``).
         **base_kwargs: passed to ``base_optimizer`` (lr, weight_decay, ...).
     """
+
+    # GradScaler.step(opt) then hands over grad_scale/found_inf and calls step().
+    _step_supports_amp_scaling = True
 
     def __init__(
         self,
@@ -94,6 +100,7 @@ class SLSAM(torch.optim.Optimizer):
         adaptive: bool = False,
         normalize_loss: bool = False,
         mask_mode: str = "requires_grad",
+        reuse_backups: bool | None = None,
         **base_kwargs: Any,
     ) -> None:
         if mask_mode not in ("requires_grad", "grad"):
@@ -163,6 +170,9 @@ class SLSAM(torch.optim.Optimizer):
         self._skipped = torch.zeros((), dtype=torch.int64, device=self._device)
         self._no_grad = torch.zeros(0, dtype=torch.float32, device=self._device)
         self._pending: dict[str, Any] | None = None
+        if reuse_backups is None:
+            reuse_backups = self._device.type == "cpu"
+        self._backups = BackupPool(bool(reuse_backups))
         self._fused = self._fused_adamw_ok()
         self._initialised = True
         if self._sparse:
@@ -191,6 +201,15 @@ class SLSAM(torch.optim.Optimizer):
     def skipped_steps(self) -> int:
         """Steps skipped because a gradient was not finite (reads the device)."""
         return int(self._skipped.item())
+
+    def backup_bytes(self) -> int:
+        """Bytes of weight backups held: the reused buffer, or the current step's."""
+        if self._backups.nbytes:
+            return self._backups.nbytes
+        if self._pending is None:
+            return 0
+        return sum(b.numel() * b.element_size() for _, _, bks in self._pending["groups"]
+                   for b in bks)
 
     @property
     def rho(self) -> float:
@@ -286,9 +305,11 @@ class SLSAM(torch.optim.Optimizer):
         # overflowed norm (inf) must skip the step, not reach the EXP3 update as NaN.
         found_inf = ~torch.isfinite(total)
         groups: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]] = []
-        for group, active in zip(self.param_groups, self._active_by_group):
-            ps = [p for p in active if p.grad is not None]
-            groups.append((group, ps, [torch.empty_like(p) for p in ps]))
+        per_group = [[p for p in active if p.grad is not None] for active in self._active_by_group]
+        backups = self._backups.take([p for ps in per_group for p in ps])
+        for group, ps in zip(self.param_groups, per_group):
+            groups.append((group, ps, backups[: len(ps)]))
+            backups = backups[len(ps):]
         if any(g["adaptive"] for g in self.param_groups):
             perturbed = [p for _, ps, _ in groups for p in ps]
             _, total = ops.grad_norms([p.grad for p in perturbed], perturbed, device=self._device)

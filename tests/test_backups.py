@@ -1,0 +1,76 @@
+"""The reused backup buffer (slsam/_backups.py) and its effect on a run."""
+
+from __future__ import annotations
+
+import torch
+
+import slsam
+from slsam._backups import BackupPool
+from tests.conftest import batch, tiny_mlp
+
+
+def test_views_are_laid_out_like_the_params_aligned_and_disjoint():
+    params = [torch.randn(3, 5), torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last),
+              torch.randn(0, 4), torch.randn(7, dtype=torch.bfloat16),
+              torch.randn(1, dtype=torch.float16), torch.randn(4, 4, dtype=torch.float64)]
+    pool = BackupPool(reuse=True)
+    views = pool.take(params)
+    spans = []
+    for p, v in zip(params, views):
+        assert (v.shape, v.dtype, v.stride()) == (p.shape, p.dtype, p.stride())
+        assert v.data_ptr() % 64 == 0
+        if v.numel():
+            spans.append((v.data_ptr(), v.data_ptr() + v.numel() * v.element_size()))
+    spans.sort()
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    for p, v in zip(params, views):  # usable as backups: a copy round trip is exact
+        v.copy_(p)
+        assert torch.equal(v, p)
+
+
+def test_buffer_is_reused_and_grows_only_when_needed():
+    pool = BackupPool(reuse=True)
+    big, small = [torch.randn(1000)], [torch.randn(10)]
+    ptr = pool.take(big)[0].data_ptr()
+    size = pool.nbytes
+    assert pool.take(small)[0].data_ptr() == ptr and pool.nbytes == size
+    pool.take(big + big)
+    assert pool.nbytes > size
+
+
+def test_non_dense_and_no_reuse_get_fresh_tensors():
+    view = torch.randn(4, 8)[:, ::2]
+    out = BackupPool(reuse=True).take([view])[0]
+    assert out.shape == view.shape
+    pool = BackupPool(reuse=False)
+    pool.take([torch.randn(5)])
+    assert pool.nbytes == 0
+
+
+def _run(reuse: bool, steps: int = 12) -> tuple[list[torch.Tensor], slsam.SLSAM]:
+    model = tiny_mlp(0)
+    opt = slsam.SLSAM(model.parameters(), lr=1e-2, sparsity=0.5, seed=3, reuse_backups=reuse)
+    for i in range(steps):
+        x, y = batch(i)
+
+        def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    return [p.detach().clone() for p in model.parameters()], opt
+
+
+def test_reusing_backups_changes_no_bit_of_the_run():
+    with_pool, opt = _run(True)
+    fresh, opt_fresh = _run(False)
+    assert all(torch.equal(a, b) for a, b in zip(with_pool, fresh))
+    assert 0 < opt.backup_bytes() <= sum(p.numel() * 4 + 64 for p in opt.arms)
+    assert opt_fresh.backup_bytes() == 0  # nothing held between steps
+
+
+def test_default_reuses_on_cpu():
+    model = tiny_mlp(0)
+    assert slsam.SAM(model.parameters(), lr=0.1)._backups.reuse
