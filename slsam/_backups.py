@@ -1,12 +1,16 @@
 """Where a step keeps its weight backups.
 
-NOTE: on CPU a fresh ``torch.empty_like`` per step is freshly mapped memory
-for large tensors (glibc serves them with mmap), so the perturb kernel that
-first writes it pays a page fault per 4 KiB: measured ~35 ms a step on
-MiniLM, 20-30% of the optimizer-side time. The pool keeps one byte buffer,
-as large as the largest set of backups so far, and hands out views of it
-laid out like the parameters. CUDA's caching allocator already reuses
-memory, so there the backups are plain ``empty_like``.
+NOTE: on CPU a fresh ``torch.empty_like`` of a large tensor is freshly mapped
+memory (glibc serves allocations over its mmap threshold, 128 KiB by default,
+with mmap), so the perturb kernel that first writes it pays a page fault per
+4 KiB: measured ~20 ms a step on MiniLM, 20-30% of the optimizer-side time.
+The pool keeps one byte buffer, as large as the largest set of large backups
+so far, and hands out views of it laid out like the parameters. Small tensors
+come from the heap, which reuses them without faults, and a view costs more
+than their ``empty_like``. The views of the last call are kept: SAM (and any
+step with the same active set) reuses them as they are. CUDA's caching
+allocator already reuses memory, so there the backups are plain
+``empty_like``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 from torch import Tensor
 
 _ALIGN = 64  # bytes: every view starts on a cache line (and a vector load)
+_MIN_BYTES = 128 * 1024  # below this, empty_like (see the note above)
 
 
 def _dense(t: Tensor) -> bool:
@@ -31,12 +36,20 @@ def _dense(t: Tensor) -> bool:
     return True
 
 
+def _poolable(p: Tensor) -> bool:
+    # Subclasses (DTensor under FSDP2) keep their own empty_like, and so do
+    # non-dense tensors, which the kernels then refuse with a clear error.
+    return (type(p) in (Tensor, torch.nn.Parameter)
+            and p.numel() * p.element_size() >= _MIN_BYTES and _dense(p))
+
+
 class BackupPool:
-    """Backups of the active tensors, in one reused buffer."""
+    """Backups of the active tensors, the large ones in one reused buffer."""
 
     def __init__(self, reuse: bool) -> None:
         self.reuse = reuse
         self._buffer: Tensor | None = None
+        self._last: tuple[tuple[object, ...], list[Tensor]] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -46,24 +59,35 @@ class BackupPool:
     def take(self, params: list[Tensor]) -> list[Tensor]:
         """Uninitialised tensors with the shapes, dtypes and strides of ``params``,
         valid until the next ``take``."""
-        # Subclasses (DTensor under FSDP2) keep their own empty_like, and so do
-        # non-dense tensors, which the kernels then refuse with a clear error.
-        if not self.reuse or not params or any(
-                type(p) not in (Tensor, torch.nn.Parameter) or not _dense(p)
-                for p in params):
+        if not self.reuse or not params:
             return [torch.empty_like(p) for p in params]
+        # NOTE: stride() builds a Python tuple (slow for 10,000 tensors); shape plus
+        # is_contiguous() pin the layout of contiguous tensors just as well.
+        key = tuple((id(p), p.dtype, p.shape) if p.is_contiguous() else
+                    (id(p), p.dtype, p.shape, p.stride()) for p in params)
+        if self._last is not None and self._last[0] == key:
+            return list(self._last[1])
+        pooled = [_poolable(p) for p in params]
         offsets, total = [], 0
-        for p in params:
+        for p, big in zip(params, pooled):
             offsets.append(total)
-            total += -(-p.numel() * p.element_size() // _ALIGN) * _ALIGN
-        if self._buffer is None or self._buffer.numel() < total:
+            if big:
+                total += -(-p.numel() * p.element_size() // _ALIGN) * _ALIGN
+        if total and (self._buffer is None or self._buffer.numel() < total):
+            self._last = None
             self._buffer = None  # free the old buffer before the new one is allocated
             self._buffer = torch.empty(total, dtype=torch.uint8, device=params[0].device)
         out = []
-        for p, off in zip(params, offsets):
+        for p, big, off in zip(params, pooled, offsets):
+            if not big:
+                out.append(torch.empty_like(p))
+                continue
+            assert self._buffer is not None
             raw = self._buffer[off: off + p.numel() * p.element_size()]
             out.append(raw.view(p.dtype).as_strided(p.shape, p.stride()))
-        return out
+        self._last = (key, out)
+        return list(out)
 
     def release(self) -> None:
         self._buffer = None
+        self._last = None

@@ -10,11 +10,14 @@ from tests.conftest import batch, tiny_mlp
 
 
 def test_views_are_laid_out_like_the_params_aligned_and_disjoint():
-    params = [torch.randn(3, 5), torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last),
-              torch.randn(0, 4), torch.randn(7, dtype=torch.bfloat16),
-              torch.randn(1, dtype=torch.float16), torch.randn(4, 4, dtype=torch.float64)]
+    big = 1 << 16  # elements: over the pool's size threshold in every dtype
+    params = [torch.randn(3, 5), torch.randn(4, 8, 32, 64).to(memory_format=torch.channels_last),
+              torch.randn(0, 4), torch.randn(big + 7, dtype=torch.bfloat16),
+              torch.randn(1, dtype=torch.float16), torch.randn(big, 3, dtype=torch.float64),
+              torch.randn(big * 2 + 1)]
     pool = BackupPool(reuse=True)
     views = pool.take(params)
+    assert pool.nbytes > 0
     spans = []
     for p, v in zip(params, views):
         assert (v.shape, v.dtype, v.stride()) == (p.shape, p.dtype, p.stride())
@@ -30,25 +33,40 @@ def test_views_are_laid_out_like_the_params_aligned_and_disjoint():
 
 def test_buffer_is_reused_and_grows_only_when_needed():
     pool = BackupPool(reuse=True)
-    big, small = [torch.randn(1000)], [torch.randn(10)]
-    ptr = pool.take(big)[0].data_ptr()
+    a, b, small = torch.randn(1 << 16), torch.randn(1 << 16), torch.randn(10)
+    ptr = pool.take([a, small])[0].data_ptr()
     size = pool.nbytes
-    assert pool.take(small)[0].data_ptr() == ptr and pool.nbytes == size
-    pool.take(big + big)
-    assert pool.nbytes > size
+    assert size >= a.numel() * 4
+    assert pool.take([b])[0].data_ptr() == ptr and pool.nbytes == size
+    pool.take([a, b])
+    assert pool.nbytes >= 2 * size
 
 
-def test_non_dense_and_no_reuse_get_fresh_tensors():
-    view = torch.randn(4, 8)[:, ::2]
+def test_same_active_set_gets_the_same_views():
+    pool = BackupPool(reuse=True)
+    ps = [torch.randn(1 << 16), torch.randn(10)]
+    first = pool.take(ps)
+    again = pool.take(ps)
+    assert all(x is y for x, y in zip(first, again))
+    ps[0].data = torch.randn(1 << 15, 2).t()  # same tensor, new layout: new views
+    moved = pool.take(ps)
+    assert moved[0].shape == ps[0].shape and moved[0].stride() == ps[0].stride()
+
+
+def test_small_non_dense_and_no_reuse_get_fresh_tensors():
+    view = torch.randn(1 << 10, 1 << 8)[:, ::2]
     out = BackupPool(reuse=True).take([view])[0]
     assert out.shape == view.shape
-    pool = BackupPool(reuse=False)
+    pool = BackupPool(reuse=True)
     pool.take([torch.randn(5)])
+    assert pool.nbytes == 0  # small: from the heap
+    pool = BackupPool(reuse=False)
+    pool.take([torch.randn(1 << 16)])
     assert pool.nbytes == 0
 
 
-def _run(reuse: bool, steps: int = 12) -> tuple[list[torch.Tensor], slsam.SLSAM]:
-    model = tiny_mlp(0)
+def _run(reuse: bool, steps: int = 12, width: int = 256) -> tuple[list[torch.Tensor], slsam.SLSAM]:
+    model = tiny_mlp(0, width=width)  # 256 x 256 fp32 weights: pooled
     opt = slsam.SLSAM(model.parameters(), lr=1e-2, sparsity=0.5, seed=3, reuse_backups=reuse)
     for i in range(steps):
         x, y = batch(i)

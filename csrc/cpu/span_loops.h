@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "slsam/elementwise.h"
 #include "slsam/reduce.h"
@@ -30,7 +31,9 @@ namespace slsam::cpu {
 
 namespace baseline {
 #define SLSAM_SPAN_F16C 0
+#define SLSAM_SPAN_NS baseline
 #include "span_loops.inc"
+#undef SLSAM_SPAN_NS
 #undef SLSAM_SPAN_F16C
 }  // namespace baseline
 
@@ -43,7 +46,9 @@ namespace baseline {
 #endif
 namespace avx2 {
 #define SLSAM_SPAN_F16C 1
+#define SLSAM_SPAN_NS avx2
 #include "span_loops.inc"
+#undef SLSAM_SPAN_NS
 #undef SLSAM_SPAN_F16C
 }  // namespace avx2
 #if defined(__clang__)
@@ -60,38 +65,14 @@ enum class SpanIsa { kBaseline, kAvx2 };
 SpanIsa span_isa();
 const char* span_isa_name();
 
-// Calls fn(ns) with the namespace tag of the selected target, e.g.
+// Calls fn(spans) with the Spans type of the selected target, e.g.
 //   with_span_isa([&](auto isa) { decltype(isa)::perturb_span(...); });
-struct BaselineSpans {
-  template <typename... A>
-  static void perturb_span(A&&... a) { baseline::perturb_span(std::forward<A>(a)...); }
-  template <typename... A>
-  static void restore_adamw_span(A&&... a) { baseline::restore_adamw_span(std::forward<A>(a)...); }
-  template <typename T, typename acc_t>
-  static double sum_squares_span(const T* g, const T* w, int64_t n) {
-    return baseline::sum_squares_span<T, acc_t>(g, w, n);
-  }
-};
-
-#if SLSAM_HAVE_AVX2_SPANS
-struct Avx2Spans {
-  template <typename... A>
-  static void perturb_span(A&&... a) { avx2::perturb_span(std::forward<A>(a)...); }
-  template <typename... A>
-  static void restore_adamw_span(A&&... a) { avx2::restore_adamw_span(std::forward<A>(a)...); }
-  template <typename T, typename acc_t>
-  static double sum_squares_span(const T* g, const T* w, int64_t n) {
-    return avx2::sum_squares_span<T, acc_t>(g, w, n);
-  }
-};
-#endif
-
 template <typename Fn>
 void with_span_isa(Fn&& fn) {
 #if SLSAM_HAVE_AVX2_SPANS
-  if (span_isa() == SpanIsa::kAvx2) return fn(Avx2Spans{});
+  if (span_isa() == SpanIsa::kAvx2) return fn(avx2::Spans{});
 #endif
-  fn(BaselineSpans{});
+  fn(baseline::Spans{});
 }
 
 }  // namespace slsam::cpu

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole GPU check of issue 4, as one command for a lent GPU machine (the
+# device tool's `run`, which has torch + nvcc but no package registry):
+# build the CUDA kernels in place, run the CUDA tests, then the kernel
+# bandwidth benchmark and the CUDA micro-benchmarks. Everything it prints or
+# writes goes to ${OUT:-benchmarks/results/gpu}.
+#
+#   run(command="bash benchmarks/gpu_check.sh", timeout_s=540)
+#
+# Times on an H200 are not measured yet; budget: build ~2 min (3 .cu files at
+# ~25 s each plus the C++), tests a few minutes, benchmarks ~2 min.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-benchmarks/results/gpu}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+export SLSAM_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-8}"
+export CUDA_HOME="${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}"
+
+log() { echo "[gpu_check $(date +%T)] $*" | tee -a "$OUT/summary.txt"; }
+log "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1)"
+log "torch $($PY -c 'import torch; print(torch.__version__, torch.version.cuda)')"
+
+start=$(date +%s)
+if ! $PY -m pip install --no-build-isolation --no-deps --no-index -e . > "$OUT/build.log" 2>&1; then
+  # No pip index there: build in place instead of installing.
+  $PY setup.py build_ext --inplace >> "$OUT/build.log" 2>&1 || { tail -n 60 "$OUT/build.log"; log "BUILD FAILED"; exit 1; }
+fi
+log "built in $(($(date +%s) - start)) s"
+$PY -c "import slsam, torch; print('cuda kernels:', torch._C._dispatch_has_kernel_for_dispatch_key('slsam::perturb_', 'CUDA'))" | tee -a "$OUT/summary.txt"
+
+log "CUDA tests"
+timeout 300 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -x > "$OUT/test_cuda.log" 2>&1
+log "test_cuda rc=$? : $(tail -n 1 "$OUT/test_cuda.log")"
+
+log "bandwidth"
+timeout 150 $PY -m benchmarks.bandwidth --device cuda --dtypes fp32 bf16 \
+  > "$OUT/bandwidth.log" 2>&1
+log "bandwidth rc=$?"; grep TARGET "$OUT/bandwidth.log" | tee -a "$OUT/summary.txt"
+
+log "micro (ops + step, CUDA, no compile)"
+timeout 150 $PY -m benchmarks.micro --device cuda --sizes 1000 10000 --dtypes fp32 bf16 --no-compile \
+  --out micro_cuda > "$OUT/micro.log" 2>&1
+log "micro rc=$?"; grep TARGET "$OUT/micro.log" | tee -a "$OUT/summary.txt"
+cp -f benchmarks/results/bandwidth_cuda.json benchmarks/results/micro_cuda.json "$OUT"/ 2>/dev/null || true
+log "done"
