@@ -53,8 +53,15 @@ class BackupPool:
 
     @property
     def nbytes(self) -> int:
-        """Bytes the pool holds between steps (0 without reuse)."""
+        """Bytes of the reused buffer (0 without reuse)."""
         return 0 if self._buffer is None else self._buffer.numel()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held now: the buffer plus the last call's backups outside it."""
+        small = 0 if self._last is None else sum(
+            b.numel() * b.element_size() for b in self._last[1] if b._base is None)
+        return self.nbytes + small
 
     def take(self, params: list[Tensor]) -> list[Tensor]:
         """Uninitialised tensors with the shapes, dtypes and strides of ``params``,

@@ -203,9 +203,10 @@ class SLSAM(torch.optim.Optimizer):
         return int(self._skipped.item())
 
     def backup_bytes(self) -> int:
-        """Bytes of weight backups held: the reused buffer, or the current step's."""
-        if self._backups.nbytes:
-            return self._backups.nbytes
+        """Bytes of weight backups held: the reused buffer and the last step's small
+        backups, or (without reuse) the current step's."""
+        if self._backups.reuse:
+            return self._backups.held_bytes
         if self._pending is None:
             return 0
         return sum(b.numel() * b.element_size() for _, _, bks in self._pending["groups"]

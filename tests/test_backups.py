@@ -92,3 +92,15 @@ def test_reusing_backups_changes_no_bit_of_the_run():
 def test_default_reuses_on_cpu():
     model = tiny_mlp(0)
     assert slsam.SAM(model.parameters(), lr=0.1)._backups.reuse
+
+
+def test_backup_bytes_counts_pooled_and_small_backups():
+    model = tiny_mlp(0, width=256)  # 256 x 256 weights pooled, biases from the heap
+    opt = slsam.SAM(model.parameters(), lr=1e-2)
+    x, y = batch(0)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.first_step()
+    exact = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert exact <= opt.backup_bytes() <= exact + 64 * len(list(model.parameters()))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.second_step()
