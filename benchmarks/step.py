@@ -11,6 +11,12 @@ Models:
 ``synthetic``
     ``nn.Embedding`` + ``nn.TransformerEncoder`` (12 layers, d=256, 4 heads,
     FF 1024 by default: ~150 tensors) + mean pooling + linear head.
+``decoder``
+    a Llama-shaped causal LM built from a ``transformers.LlamaConfig`` (random
+    init, nothing downloaded): by default TinyLlama's shape (22 layers, hidden
+    2048, FF 5632, 32 heads / 4 KV heads, vocab 32000: 1.1B parameters, 201
+    tensors) in bf16, for GPUs; ``--decoder-layers/--decoder-hidden`` shrink
+    it. Loss: next-token cross-entropy on random ids.
 
 Each optimizer gets a fresh copy of the model and the same batch; ``--warmup``
 steps are run first (they create the optimizer state; for SL-SAM the AdamW
@@ -66,6 +72,7 @@ except ImportError:  # tqdm is optional: plain iteration without a progress bar
         return it
 
 SPARSITIES = (0.05, 0.1, 0.2, 0.5, 1.0)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LR, WD = 1e-4, 0.01
 
 
@@ -128,6 +135,21 @@ def make_workload(name: str, args: argparse.Namespace, device: str) -> Workload:
 
         def loss(m: nn.Module) -> Tensor:
             return nn.functional.cross_entropy(m(ids), labels)
+    elif name == "decoder":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        hidden = args.decoder_hidden
+        cfg = LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
+                          num_hidden_layers=args.decoder_layers,
+                          num_attention_heads=max(1, hidden // 64),
+                          num_key_value_heads=max(1, hidden // 512),
+                          max_position_embeddings=max(2048, args.seq), tie_word_embeddings=False)
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg).to(DTYPES[args.dtype])
+        ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), generator=g).to(device)
+
+        def loss(m: nn.Module) -> Tensor:
+            return m(input_ids=ids, labels=ids).loss
     else:
         raise ValueError(f"unknown model {name!r}")
     return Workload(name, model.to(device).train(), loss)
@@ -373,8 +395,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="1 warm-up + 3 timed steps, 4-layer synthetic model, fewer configs")
-    ap.add_argument("--models", nargs="+", default=["minilm", "synthetic"],
-                    choices=["minilm", "synthetic"])
+    ap.add_argument("--models", nargs="+", default=None,
+                    choices=["minilm", "synthetic", "decoder"],
+                    help="default: minilm synthetic, and decoder on CUDA")
+    ap.add_argument("--decoder-layers", type=int, default=22)
+    ap.add_argument("--decoder-hidden", type=int, default=2048)
+    ap.add_argument("--dtype", choices=list(DTYPES), default=None,
+                    help="decoder parameters' dtype (default bf16 on CUDA, fp32 on CPU)")
     ap.add_argument("--sparsities", type=float, nargs="+", default=None,
                     help="SL-SAM sparsities (default 0.05 0.1 0.2 0.5 1; quick 0.05 0.2 1)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20, quick 3)")
@@ -400,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     args.layers = args.layers or (4 if args.quick else 12)
     extra = (not args.quick) if args.extra is None else args.extra
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.startswith("cuda")
+    args.models = args.models or (["minilm", "synthetic"] + (["decoder"] if cuda else []))
+    args.dtype = args.dtype or ("bf16" if cuda else "fp32")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -428,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         benchmark="step", machine=machine_info(),
         config=dict(quick=args.quick, models=args.models, sparsities=args.sparsities,
                     steps=args.steps, warmup=args.warmup, batch=args.batch, seq=args.seq,
-                    layers=args.layers, d_model=args.d_model, device=device, lr=LR,
+                    layers=args.layers, d_model=args.d_model, decoder_layers=args.decoder_layers,
+                    decoder_hidden=args.decoder_hidden, dtype=args.dtype, device=device, lr=LR,
                     weight_decay=WD, extra=extra),
         results=[asdict(r) for r in results], targets=verdicts)
     name = args.out or f"step_{device}{'_quick' if args.quick else ''}"

@@ -1,0 +1,49 @@
+"""The benchmark scripts: bandwidth.py's byte accounting, step.py's decoder workload."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks import bandwidth
+
+
+def test_rows_count_the_bytes_each_operator_moves():
+    sizes = [1000, 333]
+    rows = bandwidth.bench_list("tiny", sizes, torch.bfloat16, "bf16", "cpu", min_run=0.01)
+    assert [r["op"] for r in rows] == list(bandwidth.BYTES_PER_ELEMENT)
+    for r in rows:
+        moved = bandwidth.BYTES_PER_ELEMENT[r["op"]] * sum(sizes) * 2  # bf16: 2 bytes
+        assert abs(r["gb_s"] * 1e9 * r["median_s"] - moved) <= 1e-6 * moved
+        assert r["of_copy"] == r["gb_s"] / r["copy_gb_s"]
+    norms = rows[0]
+    assert norms["speedup_vs_foreach_norm"] == norms["foreach_norm_s"] / norms["median_s"]
+
+
+def test_count_parses_powers():
+    assert bandwidth.count("2**10") == 1024 and bandwidth.count("5000") == 5000
+
+
+def test_step_decoder_workload_trains_with_slsam():
+    """benchmarks/step.py's Llama-shaped decoder (tiny here) runs an SLSAM step."""
+    import argparse
+
+    import slsam
+    from benchmarks import step
+
+    args = argparse.Namespace(batch=2, seq=8, decoder_layers=2, decoder_hidden=128,
+                              dtype="bf16")
+    work = step.make_workload("decoder", args, "cpu")
+    params = list(work.model.parameters())
+    assert len(params) == 2 * 9 + 3 and params[0].dtype == torch.bfloat16
+    before = [p.detach().clone() for p in params]
+    opt = slsam.SLSAM(params, lr=1e-3, sparsity=1.0)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = work.loss(work.model)
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(a, p) for a, p in zip(before, params))
