@@ -6,8 +6,9 @@ Two views of the same step (``.grad`` set by hand, no forward/backward):
    the kernels; aten::* the Python-side glue).
 2. An attribution: each piece of the step timed alone, next to the fastest
    pure-PyTorch way to do the same work, including the cost of allocating the
-   backups afresh every step (first-touch page faults on CPU) that
-   ``slsam.SLSAM.first_step`` pays.
+   backups afresh every step (first-touch page faults on CPU), which
+   ``slsam.SLSAM.first_step`` pays with ``reuse_backups=False`` (the default on
+   CUDA; on CPU the backups are reused, see ``slsam/_backups.py``).
 
     python -m benchmarks.profile_step [--optimizer sam|slsam] [--dtype fp32|bf16]
 """
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
          "_foreach_copy_ + _foreach_add_(alpha)",
          lambda: (torch._foreach_copy_(bk, params),
                   torch._foreach_add_(params, g1, alpha=1e-5))),
-        ("empty_like backups + perturb_ (as SLSAM does)",
+        ("empty_like backups + perturb_ (reuse_backups=False)",
          lambda: ops.perturb_(params, g1, [torch.empty_like(p) for p in params], total, 0.01),
          "empty_like + _foreach_copy_ + _foreach_add_",
          lambda: (torch._foreach_copy_(b2 := [torch.empty_like(p) for p in params], params),
