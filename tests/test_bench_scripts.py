@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from benchmarks import bandwidth
@@ -29,6 +30,8 @@ def test_step_decoder_workload_trains_with_slsam():
 
     import slsam
     from benchmarks import step
+
+    pytest.importorskip("transformers")
 
     args = argparse.Namespace(batch=2, seq=8, decoder_layers=2, decoder_hidden=128,
                               dtype="bf16")
