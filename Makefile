@@ -29,8 +29,8 @@ test-cpp: $(BUILT)
 	ctest --test-dir build/cmake --output-on-failure
 
 bench: $(BUILT)
-	$(PY) -m pip install -q -r benchmarks/requirements.txt
-	$(PY) -m benchmarks.run_quick
+	$(PY) -m pip install -q -r benchmarks/requirements.txt "$(TORCH)"
+	$(PY) -m benchmarks --quick --threads 1
 
 lint: $(DEPS)
 	$(PY) -m ruff check .
