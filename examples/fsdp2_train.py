@@ -80,6 +80,7 @@ def main() -> None:
     if args.report:
         with open(f"{args.report}.rank{rank}", "w") as f:
             json.dump(result, f)
+    dist.barrier()  # every rank's collectives are done before the group goes away
     dist.destroy_process_group()
 
 

@@ -20,15 +20,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# NOTE: gloo's worker threads can abort a process at interpreter exit, after its
+# work is done ("terminate called without an active exception"; pytorch/pytorch
+# #190489, #179291). Seen once in CI-like runs here despite the barrier before
+# destroy_process_group in the examples. Such a run is started again, once; any
+# other failure, or a second one, fails the test.
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def torchrun(example: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for attempt in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               f"--master_port={free_port()}", str(example), *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+        if out.returncode == 0 or TEARDOWN_ABORT not in out.stderr or attempt == 1:
+            return out
+    raise AssertionError("unreachable")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mask_mode", ["requires_grad", "grad"])
 def test_ddp_ranks_agree_on_masks_and_weights(tmp_path, mask_mode):
     report = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={free_port()}", str(EXAMPLE), "--steps", "12",
-           "--mask-mode", mask_mode, "--report", str(report)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    out = torchrun(EXAMPLE, "--steps", "12", "--mask-mode", mask_mode, "--report", str(report))
     assert out.returncode == 0, out.stderr[-3000:]
     results = [json.loads(Path(f"{report}.rank{r}").read_text()) for r in range(2)]
     for r in results:
@@ -47,11 +62,7 @@ def test_fsdp2_sharded_run_equals_single_process(tmp_path):
     """FSDP2 (fully_shard, gloo, CPU): norms reduced across shards, so the sharded
     run takes the same masks and reaches the same weights as one process."""
     report = tmp_path / "fsdp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={free_port()}", str(FSDP2_EXAMPLE), "--steps", "8",
-           "--report", str(report)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    out = torchrun(FSDP2_EXAMPLE, "--steps", "8", "--report", str(report))
     assert out.returncode == 0, out.stderr[-3000:]
     for r in range(2):
         res = json.loads(Path(f"{report}.rank{r}").read_text())
