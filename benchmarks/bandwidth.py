@@ -47,7 +47,7 @@ def median_s(fn: Any, min_run_time: float) -> float:
         min_run_time=min_run_time).median
 
 
-def tensor_lists(device: str, large: int, many: int, small: int) -> dict[str, list[int]]:
+def tensor_lists(large: int, many: int, small: int) -> dict[str, list[int]]:
     # NOTE: odd sizes for the small tensors, so no chunk or vector is whole.
     return {f"large 4x{large}": [large] * 4, f"many {many}x~{small}": [
         small + 2 * (i % 7) + 1 for i in range(many)]}
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     small = args.small or (65536 if cuda else 4096)
     rows: list[dict[str, Any]] = []
     for dtype_name in args.dtypes:
-        for name, sizes in tensor_lists(args.device, large, args.many, small).items():
+        for name, sizes in tensor_lists(large, args.many, small).items():
             print(f"[bandwidth] {args.device} {name} {dtype_name} ...", file=sys.stderr)
             rows += bench_list(name, sizes, DTYPES[dtype_name], dtype_name, args.device,
                                args.min_run_time)

@@ -94,7 +94,3 @@ class BackupPool:
             out.append(raw.view(p.dtype).as_strided(p.shape, p.stride()))
         self._last = (key, out)
         return list(out)
-
-    def release(self) -> None:
-        self._buffer = None
-        self._last = None
