@@ -16,6 +16,7 @@ cost of the backward saving.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 
@@ -35,7 +36,11 @@ def main() -> None:
     ap.add_argument("--mask-mode", default="requires_grad", choices=["requires_grad", "grad"])
     args = ap.parse_args()
     dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    result = train(args, dist.get_rank(), dist.get_world_size())
+    finish(result, args.report)
+
+
+def train(args: argparse.Namespace, rank: int, world: int) -> dict:
     torch.manual_seed(0)  # same initial weights on every rank
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32),
                                 torch.nn.Tanh(), torch.nn.Linear(32, 32), torch.nn.Tanh(),
@@ -65,11 +70,19 @@ def main() -> None:
         flats = [torch.empty_like(flat) for _ in range(world)]
         dist.all_gather(flats, flat)
         agree_weights &= all(torch.equal(f, flats[0]) for f in flats)
-    result = dict(rank=rank, world=world, masks_agree=agree_mask, weights_agree=agree_weights,
-                  first_loss=losses[0], last_loss=losses[-1], probs=opt.probs.tolist())
+    return dict(rank=rank, world=world, masks_agree=agree_mask, weights_agree=agree_weights,
+                first_loss=losses[0], last_loss=losses[-1], probs=opt.probs.tolist())
+
+
+def finish(result: dict, report: str | None) -> None:
+    # NOTE: called after train() has returned, so DDP, its reducer and every
+    # gloo work handle are freed while the interpreter is alive. Tensors that
+    # gloo threads still reference at interpreter exit abort the process
+    # ("terminate called without an active exception", pytorch/pytorch#179291).
+    gc.collect()
     print(json.dumps(result))
-    if args.report:
-        with open(f"{args.report}.rank{rank}", "w") as f:
+    if report:
+        with open(f"{report}.rank{result['rank']}", "w") as f:
             json.dump(result, f)
     dist.barrier()  # every rank's collectives are done before the group goes away
     dist.destroy_process_group()

@@ -12,11 +12,11 @@ and masks. The script checks that against a single-process run of the same model
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from ddp_train import finish  # the same exit: free gloo work, report, barrier
 from torch.distributed.fsdp import fully_shard
 
 import slsam
@@ -61,27 +61,26 @@ def main() -> None:
     ap.add_argument("--report", type=str, default=None)
     args = ap.parse_args()
     dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    result = compare(args.steps, dist.get_rank(), dist.get_world_size())
+    finish(result, args.report)
+
+
+def compare(steps: int, rank: int, world: int) -> dict:
+    """The sharded run against a single-process run on the same data."""
     model = make_model()
     for layer in model:
         if isinstance(layer, torch.nn.Linear):
             fully_shard(layer)
     fully_shard(model)
-    data = batches(args.steps)
+    data = batches(steps)
     opt = train(model, data, (rank, world))
     full = [p.full_tensor().detach() for p in model.parameters()]
     ref_model = make_model()
     ref = train(ref_model, data, None)
     err = max(float((a - b.detach()).abs().max()) for a, b in zip(full, ref_model.parameters()))
-    result = dict(rank=rank, world=world, masks_equal=bool(torch.equal(opt.mask, ref.mask)),
-                  probs_err=float((opt.probs - ref.probs).abs().max()), max_weight_err=err,
-                  sharded=all(type(p).__name__ == "DTensor" for p in model.parameters()))
-    print(json.dumps(result))
-    if args.report:
-        with open(f"{args.report}.rank{rank}", "w") as f:
-            json.dump(result, f)
-    dist.barrier()  # every rank's collectives are done before the group goes away
-    dist.destroy_process_group()
+    return dict(rank=rank, world=world, masks_equal=bool(torch.equal(opt.mask, ref.mask)),
+                probs_err=float((opt.probs - ref.probs).abs().max()), max_weight_err=err,
+                sharded=all(type(p).__name__ == "DTensor" for p in model.parameters()))
 
 
 if __name__ == "__main__":

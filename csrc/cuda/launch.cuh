@@ -29,6 +29,7 @@
 
 #include "../checks.h"
 #include "slsam/chunks.h"
+#include "slsam/launch_map.h"
 
 namespace slsam::cuda {
 
@@ -173,25 +174,9 @@ __device__ inline double read_scalar(const ScalarArg& a) {
   }
 }
 
-// Index of the record whose chunks contain `chunk`: the last one with
-// chunk_first <= chunk. Records are sorted by chunk_first and every record
-// owns at least one chunk. All threads of a block search the same entries,
-// so the loads are broadcasts served from L1.
-template <typename Entry>
-__device__ inline int64_t find_entry(const Entry* entries, int64_t n, int64_t chunk) {
-  int64_t lo = 0, hi = n - 1;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (entries[mid].chunk_first <= chunk) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
-  return lo;
-}
-
-// The chunk a block works on, located by find_entry.
+// The chunk a block works on (slsam/launch_map.h holds the index map, shared
+// with the host-side replay in tests/cpp/test_math.cpp). All threads of a
+// block search the same entries, so the loads are broadcasts served from L1.
 template <typename Entry>
 struct ChunkOf {
   Entry e;
@@ -205,10 +190,10 @@ __device__ inline ChunkOf<Entry> this_chunk(const Entry* entries, int64_t n_entr
   const int64_t c = blockIdx.x;
   ChunkOf<Entry> ch;
   ch.e = entries[find_entry(entries, n_entries, c)];
-  ch.local = c - ch.e.chunk_first;
-  ch.begin = ch.local * kChunk;
-  const int64_t rest = ch.e.numel - ch.begin;
-  ch.n = rest < kChunk ? rest : kChunk;
+  const ChunkSpan s = chunk_span(ch.e.numel, ch.e.chunk_first, c, kChunk);
+  ch.local = s.local;
+  ch.begin = s.begin;
+  ch.n = s.n;
   return ch;
 }
 
@@ -225,22 +210,10 @@ __device__ inline bool vec_ok(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * kILP) == 0;
 }
 
-// The per-thread loop over a chunk of n elements: thread t takes the groups
-// of kILP elements starting at t * kILP, t * kILP + blockDim.x * kILP, ...,
-// calling body(i, kVec) with kVec a std::bool_constant. With `vec` (every
-// pointer aligned), whole groups run the vector path (kVec true) and only a
-// chunk's last, partial group the guarded scalar one; the element-to-thread
-// map and each thread's order are the same either way, so results do not
-// depend on alignment. Two separate loops (rather than a branch per access)
-// keep the compiler from merging the paths back into scalar accesses.
+// This thread's groups of kILP elements of a chunk of n (slsam::for_each_group).
 template <typename Body>
 __device__ inline void for_each_group(int64_t n, bool vec, Body&& body) {
-  const int64_t step = static_cast<int64_t>(blockDim.x) * kILP;
-  int64_t i = static_cast<int64_t>(threadIdx.x) * kILP;
-  if (vec) {
-    for (; i + kILP <= n; i += step) body(i, std::true_type{});
-  }
-  for (; i < n; i += step) body(i, std::false_type{});
+  slsam::for_each_group<kILP>(n, vec, threadIdx.x, blockDim.x, static_cast<Body&&>(body));
 }
 
 // kILP consecutive elements starting at i; with kVec false, reads past n

@@ -3,11 +3,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "slsam/bandit.h"
 #include "slsam/chunks.h"
 #include "slsam/elementwise.h"
+#include "slsam/launch_map.h"
 #include "slsam/reduce.h"
 
 static int failures = 0;
@@ -142,8 +144,111 @@ static void test_fallback_arm() {
   CHECK(slsam::fallback_arm(e, 1) == 0);
 }
 
+// A launcher record as csrc/cuda/launch.cuh builds them: one per non-empty
+// tensor, with the index of its first chunk within the launch.
+struct Entry {
+  int64_t tensor;
+  int64_t numel;
+  int64_t chunk_first;
+};
+
+static std::vector<Entry> entries_of(const std::vector<int64_t>& numels, int64_t chunk,
+                                     int64_t* chunks) {
+  std::vector<Entry> entries;
+  int64_t next = 0;
+  for (size_t t = 0; t < numels.size(); ++t) {
+    if (numels[t] == 0) continue;
+    entries.push_back({static_cast<int64_t>(t), numels[t], next});
+    next += slsam::num_chunks(numels[t], chunk);
+  }
+  *chunks = next;
+  return entries;
+}
+
+// Replays a whole grid on the host: every block locates its chunk, every
+// thread walks its groups; each element of each tensor must be visited
+// exactly once, by the same thread whether or not the vector path is on, and
+// vector groups must be whole.
+template <int kILP>
+static void replay_grid(const std::vector<int64_t>& numels, int64_t chunk, int64_t threads) {
+  int64_t chunks = 0;
+  const auto entries = entries_of(numels, chunk, &chunks);
+  for (bool vec : {false, true}) {
+    std::vector<std::vector<int>> visits(numels.size());
+    std::vector<std::vector<int64_t>> owner(numels.size());
+    for (size_t t = 0; t < numels.size(); ++t) {
+      visits[t].assign(static_cast<size_t>(numels[t]), 0);
+      owner[t].assign(static_cast<size_t>(numels[t]), -1);
+    }
+    for (int64_t block = 0; block < chunks; ++block) {
+      const Entry& e = entries[static_cast<size_t>(
+          slsam::find_entry(entries.data(), static_cast<int64_t>(entries.size()), block))];
+      const auto s = slsam::chunk_span(e.numel, e.chunk_first, block, chunk);
+      CHECK(s.local >= 0 && s.n > 0 && s.n <= chunk && s.begin + s.n <= e.numel);
+      for (int64_t th = 0; th < threads; ++th) {
+        slsam::for_each_group<kILP>(s.n, vec, th, threads, [&](int64_t i, auto full) {
+          constexpr bool kVec = decltype(full)::value;
+          CHECK(!kVec || vec);
+          CHECK(!kVec || i + kILP <= s.n);
+          for (int j = 0; j < kILP && i + j < s.n; ++j) {
+            const auto k = static_cast<size_t>(s.begin + i + j);
+            ++visits[static_cast<size_t>(e.tensor)][k];
+            auto& o = owner[static_cast<size_t>(e.tensor)][k];
+            CHECK(o == -1);
+            o = block * threads + th;
+          }
+        });
+      }
+    }
+    std::vector<int64_t> first(numels.size(), 0);
+    for (const Entry& e : entries) first[static_cast<size_t>(e.tensor)] = e.chunk_first;
+    for (size_t t = 0; t < numels.size(); ++t) {
+      for (size_t k = 0; k < visits[t].size(); ++k) CHECK(visits[t][k] == 1);
+      // The owner of element k: thread (k mod chunk) / kILP mod threads of
+      // the block of its chunk, on both paths.
+      for (size_t k = 0; k < owner[t].size(); ++k) {
+        const auto el = static_cast<int64_t>(k);
+        const int64_t block = first[t] + el / chunk;
+        const int64_t th = (el % chunk) / kILP % threads;
+        CHECK(owner[t][k] == block * threads + th);
+      }
+    }
+  }
+}
+
+static void test_launch_map() {
+  // Small chunks and blocks, so partial groups, partial chunks, empty tensors
+  // and one-element tensors all occur.
+  replay_grid<4>({0, 1, 3, 4, 5, 63, 64, 65, 3 * 64 + 7, 0, 2, 0}, 64, 8);
+  replay_grid<4>({0}, 64, 8);
+  replay_grid<2>({1, 2, 3, 129}, 32, 4);
+  // The real launch shape: 64Ki-element chunks, 512 threads, 4 elements each.
+  replay_grid<4>({1, 65535, 65536, 65537, 3 * 65536 + 1001}, int64_t{1} << 16, 512);
+  // Thousands of tensors: find_entry over many records.
+  std::vector<int64_t> many;
+  for (int i = 0; i < 3000; ++i) many.push_back(i % 7 == 0 ? 0 : 1 + (i * 37) % 300);
+  replay_grid<4>(many, 128, 16);
+
+  // 64-bit sizes: a tensor of 2^31 + 5 elements after a small one. Its last
+  // chunk starts at element 2^31 and holds 5; block indices stay 32-bit.
+  const int64_t chunk = int64_t{1} << 16;
+  const int64_t big = (int64_t{1} << 31) + 5;
+  int64_t chunks = 0;
+  const auto entries = entries_of({10, 0, big, 3}, chunk, &chunks);
+  CHECK(chunks == 1 + 32769 + 1);
+  const int64_t last_of_big = 1 + 32768;
+  CHECK(slsam::find_entry(entries.data(), 3, last_of_big) == 1);
+  CHECK(slsam::find_entry(entries.data(), 3, last_of_big + 1) == 2);
+  CHECK(slsam::find_entry(entries.data(), 3, 0) == 0);
+  const auto s = slsam::chunk_span(big, 1, last_of_big, chunk);
+  CHECK(s.local == 32768 && s.begin == (int64_t{1} << 31) && s.n == 5);
+  const auto s0 = slsam::chunk_span(big, 1, 1, chunk);
+  CHECK(s0.begin == 0 && s0.n == chunk);
+}
+
 int main() {
   test_chunks();
+  test_launch_map();
   test_fallback_arm();
   test_sum_squares();
   test_perturb();
