@@ -60,4 +60,77 @@ inline at::Tensor as_layout_of(const at::Tensor& t, const at::Tensor& ref) {
   return at::empty_like(ref).copy_(t);
 }
 
+// ------------------------------------------- whole-operator argument checks
+// Shared by the CPU and CUDA kernels of each operator, so both refuse the same
+// inputs with the same messages. Checks only: layouts are fixed by the callers.
+
+inline void check_params(at::TensorList params, size_t i) {
+  check_float_tensor(params[i], "params", i);
+  TORCH_CHECK(params[i].device() == params[0].device(), "slsam: params[", i, "] is on ",
+              params[i].device(), " but params[0] is on ", params[0].device(),
+              "; move them to one device");
+  check_dense(params[i], "params", i);
+}
+
+inline void check_perturb_args(at::TensorList params, at::TensorList grads,
+                               at::TensorList backups, const at::Tensor& total_norm) {
+  check_same_length(grads.size(), params.size(), "grads", "params");
+  check_same_length(backups.size(), params.size(), "backups", "params");
+  TORCH_CHECK(total_norm.numel() == 1, "slsam: total_norm must have one element, got ",
+              total_norm.numel());
+  for (size_t i = 0; i < params.size(); ++i) {
+    check_params(params, i);
+    check_like(grads[i], params[i], "grads", "params", i);
+    check_like(backups[i], params[i], "backups", "params", i);
+    TORCH_CHECK(backups[i].strides() == params[i].strides(), "slsam: backups[", i,
+                "] must have the strides of params[", i, "] (use torch.empty_like)");
+    check_distinct(backups[i], params[i], "backups", "params", i);
+    check_distinct(grads[i], params[i], "grads", "params", i);
+  }
+}
+
+inline void check_restore_args(at::TensorList params, at::TensorList backups) {
+  check_same_length(backups.size(), params.size(), "backups", "params");
+  for (size_t i = 0; i < params.size(); ++i) {
+    check_params(params, i);
+    check_like(backups[i], params[i], "backups", "params", i);
+  }
+}
+
+inline void check_restore_adamw_args(at::TensorList params, at::TensorList backups,
+                                     at::TensorList grads, at::TensorList exp_avgs,
+                                     at::TensorList exp_avg_sqs, at::TensorList steps) {
+  const size_t n = params.size();
+  check_same_length(backups.size(), n, "backups", "params");
+  check_same_length(grads.size(), n, "grads", "params");
+  check_same_length(exp_avgs.size(), n, "exp_avgs", "params");
+  check_same_length(exp_avg_sqs.size(), n, "exp_avg_sqs", "params");
+  check_same_length(steps.size(), n, "steps", "params");
+  for (size_t i = 0; i < n; ++i) {
+    check_params(params, i);
+    check_like(backups[i], params[i], "backups", "params", i);
+    check_like(grads[i], params[i], "grads", "params", i);
+    check_like(exp_avgs[i], params[i], "exp_avgs", "params", i);
+    check_like(exp_avg_sqs[i], params[i], "exp_avg_sqs", "params", i);
+    TORCH_CHECK(exp_avgs[i].strides() == params[i].strides() &&
+                    exp_avg_sqs[i].strides() == params[i].strides(),
+                "slsam: exp_avgs[", i, "] and exp_avg_sqs[", i,
+                "] must have the strides of params[", i, "] (use torch.zeros_like)");
+    // NOTE: on the parameters' device: the CUDA kernel reads and increments
+    // the counts on the GPU, so a CPU count would cost a sync per tensor.
+    TORCH_CHECK(steps[i].defined() && steps[i].numel() == 1 &&
+                    steps[i].device() == params[i].device(),
+                "slsam: steps[", i, "] must be a one-element tensor on ", params[i].device(),
+                " (got ", steps[i].defined() ? steps[i].device() : at::Device(at::kCPU), ")");
+    TORCH_CHECK(steps[i].scalar_type() == at::kFloat || steps[i].scalar_type() == at::kDouble,
+                "slsam: steps[", i, "] must be float32 or float64, got ",
+                steps[i].scalar_type());
+    check_distinct(backups[i], params[i], "backups", "params", i);
+    check_distinct(grads[i], params[i], "grads", "params", i);
+    check_distinct(exp_avgs[i], params[i], "exp_avgs", "params", i);
+    check_distinct(exp_avg_sqs[i], params[i], "exp_avg_sqs", "params", i);
+    check_distinct(exp_avg_sqs[i], exp_avgs[i], "exp_avg_sqs", "exp_avgs", i);
+  }
+}
+
 }  // namespace slsam

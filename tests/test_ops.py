@@ -291,3 +291,21 @@ def test_aliased_operands_are_refused():
         ops.restore_adamw_([p], [torch.randn(8)], [torch.randn(8)], [m], [m], [torch.tensor(0.0)],
                            **HYPER)
     assert torch.equal(p, before)
+
+
+@pytest.mark.parametrize(
+    "step, match",
+    [
+        (torch.tensor(0, dtype=torch.int64), r"steps\[0\] must be float32 or float64"),
+        (torch.zeros(2), r"steps\[0\] must be a one-element tensor"),
+    ],
+    ids=["int64", "two-elements"],
+)
+def test_bad_step_counts_are_refused(step, match):
+    # The same check runs in the CPU and the CUDA kernel (csrc/checks.h).
+    p = torch.randn(8)
+    m, v = torch.zeros(8), torch.zeros(8)
+    before = p.clone()
+    with pytest.raises(RuntimeError, match=match):
+        ops.restore_adamw_([p], [torch.randn(8)], [torch.randn(8)], [m], [v], [step], **HYPER)
+    assert torch.equal(p, before) and not m.any() and not v.any()

@@ -26,22 +26,9 @@ double scalar_of(const at::Tensor& t) {
 
 void perturb_cpu(at::TensorList params, at::TensorList grads, at::TensorList backups,
                  const at::Tensor& total_norm, double rho, bool adaptive) {
-  check_same_length(grads.size(), params.size(), "grads", "params");
-  check_same_length(backups.size(), params.size(), "backups", "params");
-  TORCH_CHECK(total_norm.numel() == 1, "slsam: total_norm must have one element, got ",
-              total_norm.numel());
+  check_perturb_args(params, grads, backups, total_norm);
   std::vector<at::Tensor> gs;
-  for (size_t i = 0; i < params.size(); ++i) {
-    check_float_tensor(params[i], "params", i);
-    check_dense(params[i], "params", i);
-    check_like(grads[i], params[i], "grads", "params", i);
-    check_like(backups[i], params[i], "backups", "params", i);
-    TORCH_CHECK(backups[i].strides() == params[i].strides(), "slsam: backups[", i,
-                "] must have the strides of params[", i, "] (use torch.empty_like)");
-    check_distinct(backups[i], params[i], "backups", "params", i);
-    check_distinct(grads[i], params[i], "grads", "params", i);
-    gs.push_back(as_layout_of(grads[i], params[i]));
-  }
+  for (size_t i = 0; i < params.size(); ++i) gs.push_back(as_layout_of(grads[i], params[i]));
   const double scale = perturb_scale<double>(scalar_of(total_norm), rho, 1e-12);
   with_span_isa([&](auto isa) {
     for_each_chunk(params, [&](int64_t t, int64_t b, int64_t e) {
@@ -57,14 +44,9 @@ void perturb_cpu(at::TensorList params, at::TensorList grads, at::TensorList bac
 }
 
 void restore_cpu(at::TensorList params, at::TensorList backups) {
-  check_same_length(backups.size(), params.size(), "backups", "params");
+  check_restore_args(params, backups);
   std::vector<at::Tensor> bks;
-  for (size_t i = 0; i < params.size(); ++i) {
-    check_float_tensor(params[i], "params", i);
-    check_dense(params[i], "params", i);
-    check_like(backups[i], params[i], "backups", "params", i);
-    bks.push_back(as_layout_of(backups[i], params[i]));
-  }
+  for (size_t i = 0; i < params.size(); ++i) bks.push_back(as_layout_of(backups[i], params[i]));
   for_each_chunk(params, [&](int64_t t, int64_t b, int64_t e) {
     const int64_t item = params[t].element_size();
     std::memcpy(static_cast<char*>(params[t].data_ptr()) + b * item,
@@ -79,30 +61,9 @@ void restore_adamw_cpu(at::TensorList params, at::TensorList backups, at::Tensor
                        const std::optional<at::Tensor>& grad_scale,
                        const std::optional<at::Tensor>& found_inf) {
   const size_t n = params.size();
-  check_same_length(backups.size(), n, "backups", "params");
-  check_same_length(grads.size(), n, "grads", "params");
-  check_same_length(exp_avgs.size(), n, "exp_avgs", "params");
-  check_same_length(exp_avg_sqs.size(), n, "exp_avg_sqs", "params");
-  check_same_length(steps.size(), n, "steps", "params");
+  check_restore_adamw_args(params, backups, grads, exp_avgs, exp_avg_sqs, steps);
   std::vector<at::Tensor> bks, gs;
   for (size_t i = 0; i < n; ++i) {
-    check_float_tensor(params[i], "params", i);
-    check_dense(params[i], "params", i);
-    check_like(backups[i], params[i], "backups", "params", i);
-    check_like(grads[i], params[i], "grads", "params", i);
-    check_like(exp_avgs[i], params[i], "exp_avgs", "params", i);
-    check_like(exp_avg_sqs[i], params[i], "exp_avg_sqs", "params", i);
-    TORCH_CHECK(exp_avgs[i].strides() == params[i].strides() &&
-                    exp_avg_sqs[i].strides() == params[i].strides(),
-                "slsam: exp_avgs[", i, "] and exp_avg_sqs[", i,
-                "] must have the strides of params[", i, "] (use torch.zeros_like)");
-    TORCH_CHECK(steps[i].numel() == 1 && steps[i].device() == params[i].device(),
-                "slsam: steps[", i, "] must be a one-element tensor on ", params[i].device());
-    check_distinct(backups[i], params[i], "backups", "params", i);
-    check_distinct(grads[i], params[i], "grads", "params", i);
-    check_distinct(exp_avgs[i], params[i], "exp_avgs", "params", i);
-    check_distinct(exp_avg_sqs[i], params[i], "exp_avg_sqs", "params", i);
-    check_distinct(exp_avg_sqs[i], exp_avgs[i], "exp_avg_sqs", "exp_avgs", i);
     bks.push_back(as_layout_of(backups[i], params[i]));
     gs.push_back(as_layout_of(grads[i], params[i]));
   }

@@ -117,14 +117,6 @@ inline std::vector<Group> group_by_dtype(at::TensorList tensors) {
   return groups;
 }
 
-// Every tensor must be a CUDA tensor on `device` (the dispatcher picks the
-// CUDA kernel as soon as one argument is a CUDA tensor).
-inline void check_device(const at::Tensor& t, const at::Device& device, const char* name,
-                         size_t i) {
-  TORCH_CHECK(t.device() == device, "slsam: ", name, "[", i, "] is on ", t.device(),
-              " but the parameters are on ", device, "; move them to one device");
-}
-
 // A one-element operand (norm, grad_scale, found_inf) read inside the kernel:
 // from device memory when it lives on the GPU (never synced to the host), or
 // passed by value when it is a CPU tensor (reading it costs no sync).

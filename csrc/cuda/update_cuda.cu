@@ -58,24 +58,12 @@ __global__ void __launch_bounds__(kThreads)
 void perturb_cuda(at::TensorList params, at::TensorList grads, at::TensorList backups,
                   const at::Tensor& total_norm, double rho, bool adaptive) {
   const size_t n = params.size();
-  check_same_length(grads.size(), n, "grads", "params");
-  check_same_length(backups.size(), n, "backups", "params");
+  check_perturb_args(params, grads, backups, total_norm);
   if (n == 0) return;
   const at::Device device = params[0].device();
   TORCH_CHECK(device.is_cuda(), "slsam: params[0] is on ", device, "; expected a CUDA tensor");
   std::vector<at::Tensor> gs;
   gs.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    check_float_tensor(params[i], "params", i);
-    check_device(params[i], device, "params", i);
-    check_dense(params[i], "params", i);
-    check_like(grads[i], params[i], "grads", "params", i);
-    check_like(backups[i], params[i], "backups", "params", i);
-    TORCH_CHECK(backups[i].strides() == params[i].strides(), "slsam: backups[", i,
-                "] must have the strides of params[", i, "] (use torch.empty_like)");
-    check_distinct(backups[i], params[i], "backups", "params", i);
-    check_distinct(grads[i], params[i], "grads", "params", i);
-  }
   c10::cuda::CUDAGuard guard(device);
   for (size_t i = 0; i < n; ++i) gs.push_back(as_layout_of(grads[i], params[i]));
   at::Tensor keep;
@@ -166,16 +154,10 @@ void launch_copy(const std::vector<at::Tensor>& dsts, const std::vector<at::Tens
 
 void restore_cuda(at::TensorList params, at::TensorList backups) {
   const size_t n = params.size();
-  check_same_length(backups.size(), n, "backups", "params");
+  check_restore_args(params, backups);
   if (n == 0) return;
   const at::Device device = params[0].device();
   TORCH_CHECK(device.is_cuda(), "slsam: params[0] is on ", device, "; expected a CUDA tensor");
-  for (size_t i = 0; i < n; ++i) {
-    check_float_tensor(params[i], "params", i);
-    check_device(params[i], device, "params", i);
-    check_dense(params[i], "params", i);
-    check_like(backups[i], params[i], "backups", "params", i);
-  }
   c10::cuda::CUDAGuard guard(device);
   std::vector<at::Tensor> ps(params.begin(), params.end()), bks;
   bks.reserve(n);
@@ -295,39 +277,10 @@ void restore_adamw_cuda(at::TensorList params, at::TensorList backups, at::Tenso
                         const std::optional<at::Tensor>& grad_scale,
                         const std::optional<at::Tensor>& found_inf) {
   const size_t n = params.size();
-  check_same_length(backups.size(), n, "backups", "params");
-  check_same_length(grads.size(), n, "grads", "params");
-  check_same_length(exp_avgs.size(), n, "exp_avgs", "params");
-  check_same_length(exp_avg_sqs.size(), n, "exp_avg_sqs", "params");
-  check_same_length(steps.size(), n, "steps", "params");
+  check_restore_adamw_args(params, backups, grads, exp_avgs, exp_avg_sqs, steps);
   if (n == 0) return;
   const at::Device device = params[0].device();
   TORCH_CHECK(device.is_cuda(), "slsam: params[0] is on ", device, "; expected a CUDA tensor");
-  for (size_t i = 0; i < n; ++i) {
-    check_float_tensor(params[i], "params", i);
-    check_device(params[i], device, "params", i);
-    check_dense(params[i], "params", i);
-    check_like(backups[i], params[i], "backups", "params", i);
-    check_like(grads[i], params[i], "grads", "params", i);
-    check_like(exp_avgs[i], params[i], "exp_avgs", "params", i);
-    check_like(exp_avg_sqs[i], params[i], "exp_avg_sqs", "params", i);
-    TORCH_CHECK(exp_avgs[i].strides() == params[i].strides() &&
-                    exp_avg_sqs[i].strides() == params[i].strides(),
-                "slsam: exp_avgs[", i, "] and exp_avg_sqs[", i,
-                "] must have the strides of params[", i, "] (use torch.zeros_like)");
-    TORCH_CHECK(steps[i].defined() && steps[i].numel() == 1 && steps[i].device() == device,
-                "slsam: steps[", i, "] must be a one-element tensor on ", device,
-                " (the CUDA kernel reads and increments it on the device; got ",
-                steps[i].defined() ? steps[i].device() : at::Device(at::kCPU), ")");
-    TORCH_CHECK(steps[i].scalar_type() == at::kFloat || steps[i].scalar_type() == at::kDouble,
-                "slsam: steps[", i, "] must be float32 or float64, got ",
-                steps[i].scalar_type());
-    check_distinct(backups[i], params[i], "backups", "params", i);
-    check_distinct(grads[i], params[i], "grads", "params", i);
-    check_distinct(exp_avgs[i], params[i], "exp_avgs", "params", i);
-    check_distinct(exp_avg_sqs[i], params[i], "exp_avg_sqs", "params", i);
-    check_distinct(exp_avg_sqs[i], exp_avgs[i], "exp_avg_sqs", "exp_avgs", i);
-  }
   c10::cuda::CUDAGuard guard(device);
   std::vector<at::Tensor> bks, gs;
   bks.reserve(n);
