@@ -51,6 +51,12 @@ def test_same_active_set_gets_the_same_views():
     ps[0].data = torch.randn(1 << 15, 2).t()  # same tensor, new layout: new views
     moved = pool.take(ps)
     assert moved[0].shape == ps[0].shape and moved[0].stride() == ps[0].stride()
+    ps[1].data = ps[1].data.reshape(2, 5)  # same numel, same contiguity, new shape
+    assert pool.take(ps)[1].shape == (2, 5)
+    ps[1].data = ps[1].data.double()
+    assert pool.take(ps)[1].dtype == torch.float64
+    other = [ps[0], torch.randn(2, 5, dtype=torch.float64)]  # an equal-looking other tensor
+    assert pool.take(other)[1] is not pool.take(ps)[1]
 
 
 def test_small_non_dense_and_no_reuse_get_fresh_tensors():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import signal
 import time
+import types
 
 import pytest
 import torch
@@ -481,8 +482,9 @@ def test_gradient_on_another_device_refused():
     with pytest.raises(RuntimeError, match="device"):
         p.grad = torch.randn(5, device="meta")
     opt = slsam.SLSAM([p], lr=0.1, sparsity=1.0)
+    stub = types.SimpleNamespace(grad=torch.randn(5, device="meta"), dtype=p.dtype, shape=p.shape)
     with pytest.raises(ValueError, match="one device"):
-        opt._check_grads([torch.randn(5, device="meta")])
+        opt._check_grads([stub])
 
 
 @pytest.mark.parametrize("bad", ["shape", "dtype"])
