@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -131,6 +132,45 @@ inline void check_restore_adamw_args(at::TensorList params, at::TensorList backu
     check_distinct(exp_avg_sqs[i], params[i], "exp_avg_sqs", "params", i);
     check_distinct(exp_avg_sqs[i], exp_avgs[i], "exp_avg_sqs", "exp_avgs", i);
   }
+}
+
+inline void check_grad_norms_args(at::TensorList grads,
+                                  const std::optional<at::TensorList>& weights) {
+  for (size_t i = 0; i < grads.size(); ++i) {
+    check_float_tensor(grads[i], "grads", i);
+    TORCH_CHECK(grads[i].device() == grads[0].device(), "slsam: grads[", i, "] is on ",
+                grads[i].device(), " but grads[0] is on ", grads[0].device(),
+                "; move them to one device");
+  }
+  if (weights.has_value()) {
+    check_same_length(weights->size(), grads.size(), "weights", "grads");
+    for (size_t i = 0; i < grads.size(); ++i) {
+      check_like((*weights)[i], grads[i], "weights", "grads", i);
+    }
+  }
+}
+
+inline void check_probs(const at::Tensor& probs) {
+  TORCH_CHECK(probs.dim() == 1 && probs.scalar_type() == at::kDouble && probs.is_contiguous(),
+              "slsam: probs must be a contiguous 1-D float64 tensor");
+}
+
+// NOTE: norms.numel() must equal the number of active arms; the CPU kernel
+// checks that on the host, the CUDA kernel on the device (no sync).
+inline void check_bandit_args(const at::Tensor& probs, const at::Tensor& mask,
+                              const at::Tensor& norms) {
+  check_probs(probs);
+  TORCH_CHECK(mask.dim() == 1 && mask.scalar_type() == at::kBool && mask.is_contiguous() &&
+                  mask.numel() == probs.numel(),
+              "slsam: mask must be a contiguous bool tensor with one entry per arm (",
+              probs.numel(), ")");
+  TORCH_CHECK(norms.dim() == 1 && norms.scalar_type() == at::kFloat && norms.is_contiguous(),
+              "slsam: norms must be a contiguous 1-D float32 tensor");
+  TORCH_CHECK(norms.numel() <= probs.numel(), "slsam: norms has ", norms.numel(),
+              " entries but there are only ", probs.numel(), " arms");
+  TORCH_CHECK(mask.device() == probs.device() && norms.device() == probs.device(),
+              "slsam: probs, mask and norms must be on one device (got ", probs.device(), ", ",
+              mask.device(), ", ", norms.device(), ")");
 }
 
 }  // namespace slsam

@@ -8,21 +8,11 @@
 #include <mutex>
 #include <vector>
 
+#include "../checks.h"
 #include "slsam/bandit.h"
 
 namespace slsam::cpu {
 namespace {
-
-void check_bandit_args(const at::Tensor& probs, const at::Tensor& mask, const at::Tensor& norms) {
-  TORCH_CHECK(probs.dim() == 1 && probs.scalar_type() == at::kDouble && probs.is_contiguous(),
-              "slsam: probs must be a contiguous 1-D float64 tensor");
-  TORCH_CHECK(mask.dim() == 1 && mask.scalar_type() == at::kBool && mask.is_contiguous() &&
-                  mask.numel() == probs.numel(),
-              "slsam: mask must be a contiguous bool tensor with one entry per arm (",
-              probs.numel(), ")");
-  TORCH_CHECK(norms.dim() == 1 && norms.scalar_type() == at::kFloat && norms.is_contiguous(),
-              "slsam: norms must be a contiguous 1-D float32 tensor");
-}
 
 void bandit_update_cpu(const at::Tensor& probs, const at::Tensor& mask, const at::Tensor& norms,
                        const std::optional<at::Tensor>& found_inf, double alpha, double k,
@@ -47,8 +37,7 @@ void bandit_update_cpu(const at::Tensor& probs, const at::Tensor& mask, const at
 constexpr int kMaxDraws = 1000;
 
 at::Tensor sample_mask_cpu(const at::Tensor& probs, std::optional<at::Generator> generator) {
-  TORCH_CHECK(probs.dim() == 1 && probs.scalar_type() == at::kDouble && probs.is_contiguous(),
-              "slsam: probs must be a contiguous 1-D float64 tensor");
+  check_probs(probs);
   const int64_t n = probs.numel();
   at::Tensor mask = at::zeros({n}, probs.options().dtype(at::kBool));
   if (n == 0) return mask;

@@ -19,20 +19,11 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> grad_norms_cpu(at::TensorList grads,
                                                   const std::optional<at::TensorList>& weights) {
   const size_t n = grads.size();
+  check_grad_norms_args(grads, weights);
   std::vector<at::Tensor> ws;
-  for (size_t i = 0; i < n; ++i) check_float_tensor(grads[i], "grads", i);
-  if (weights.has_value()) {
-    check_same_length(weights->size(), n, "weights", "grads");
-    for (size_t i = 0; i < n; ++i) {
-      check_like((*weights)[i], grads[i], "weights", "grads", i);
-    }
-  }
   std::vector<at::Tensor> gs;
   gs.reserve(n);
   for (size_t i = 0; i < n; ++i) {
-    TORCH_CHECK(grads[i].device() == grads[0].device(), "slsam: grads[", i, "] is on ",
-                grads[i].device(), " but grads[0] is on ", grads[0].device(),
-                "; move them to one device");
     gs.push_back(grads[i].is_non_overlapping_and_dense() ? grads[i] : grads[i].contiguous());
     if (weights.has_value()) ws.push_back(as_layout_of((*weights)[i], gs.back()));
   }

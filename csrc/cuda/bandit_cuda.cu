@@ -41,27 +41,11 @@ __global__ void bandit_update_kernel(double* probs, const bool* mask, const floa
   bandit_update(probs, mask, norms, n, alpha, k, normalize, w, capped);
 }
 
-void check_bandit_args(const at::Tensor& probs, const at::Tensor& mask, const at::Tensor& norms) {
-  TORCH_CHECK(probs.dim() == 1 && probs.scalar_type() == at::kDouble && probs.is_contiguous(),
-              "slsam: probs must be a contiguous 1-D float64 tensor");
-  TORCH_CHECK(mask.dim() == 1 && mask.scalar_type() == at::kBool && mask.is_contiguous() &&
-                  mask.numel() == probs.numel(),
-              "slsam: mask must be a contiguous bool tensor with one entry per arm (",
-              probs.numel(), ")");
-  TORCH_CHECK(norms.dim() == 1 && norms.scalar_type() == at::kFloat && norms.is_contiguous(),
-              "slsam: norms must be a contiguous 1-D float32 tensor");
-  TORCH_CHECK(norms.numel() <= probs.numel(), "slsam: norms has ", norms.numel(),
-              " entries but there are only ", probs.numel(), " arms");
-  TORCH_CHECK(probs.is_cuda() && mask.device() == probs.device() &&
-                  norms.device() == probs.device(),
-              "slsam: probs, mask and norms must be on one CUDA device (got ", probs.device(),
-              ", ", mask.device(), ", ", norms.device(), ")");
-}
-
 void bandit_update_cuda(const at::Tensor& probs, const at::Tensor& mask, const at::Tensor& norms,
                         const std::optional<at::Tensor>& found_inf, double alpha, double k,
                         bool normalize) {
   check_bandit_args(probs, mask, norms);
+  TORCH_CHECK(probs.is_cuda(), "slsam: probs is on ", probs.device(), "; expected CUDA");
   const int64_t n = probs.numel();
   if (n == 0) return;
   c10::cuda::CUDAGuard guard(probs.device());
@@ -123,8 +107,7 @@ __global__ void __launch_bounds__(kMaskThreads)
 }
 
 at::Tensor sample_mask_cuda(const at::Tensor& probs, std::optional<at::Generator> generator) {
-  TORCH_CHECK(probs.dim() == 1 && probs.scalar_type() == at::kDouble && probs.is_contiguous(),
-              "slsam: probs must be a contiguous 1-D float64 tensor");
+  check_probs(probs);
   TORCH_CHECK(probs.is_cuda(), "slsam: probs is on ", probs.device(), "; expected CUDA");
   const int64_t n = probs.numel();
   c10::cuda::CUDAGuard guard(probs.device());

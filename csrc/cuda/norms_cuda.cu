@@ -100,15 +100,7 @@ std::tuple<at::Tensor, at::Tensor> grad_norms_cuda(at::TensorList grads,
   TORCH_CHECK(n > 0, "slsam: grad_norms needs at least one tensor");
   const at::Device device = grads[0].device();
   TORCH_CHECK(device.is_cuda(), "slsam: grads[0] is on ", device, "; expected a CUDA tensor");
-  for (size_t i = 0; i < n; ++i) {
-    check_float_tensor(grads[i], "grads", i);
-    TORCH_CHECK(grads[i].device() == device, "slsam: grads[", i, "] is on ", grads[i].device(),
-                " but grads[0] is on ", device, "; move them to one device");
-  }
-  if (weights.has_value()) {
-    check_same_length(weights->size(), n, "weights", "grads");
-    for (size_t i = 0; i < n; ++i) check_like((*weights)[i], grads[i], "weights", "grads", i);
-  }
+  check_grad_norms_args(grads, weights);
   c10::cuda::CUDAGuard guard(device);
   auto stream = c10::cuda::getCurrentCUDAStream();
 
