@@ -2,7 +2,6 @@
 // tensors (hundreds to ~10k), so each is one small kernel that keeps the
 // bandit state on the device: no norms copied to the host, no sync.
 #include <ATen/ATen.h>
-#include <ATen/core/PhiloxRNGEngine.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <ATen/cuda/PhiloxUtils.cuh>
 #include <torch/library.h>
@@ -10,6 +9,7 @@
 #include <mutex>
 
 #include "launch.cuh"
+#include "mask_draws.h"
 #include "slsam/bandit.h"
 
 namespace slsam::cuda {
@@ -62,44 +62,23 @@ void bandit_update_cuda(const at::Tensor& probs, const at::Tensor& mask, const a
 
 // --------------------------------------------------------------- sample_mask
 
-// NOTE: bounded resampling, as on the CPU: up to kMaxDraws Bernoulli draws of
-// the whole mask until one is non-empty, then the arm with the largest
+// NOTE: bounded resampling, as on the CPU: up to kMaxMaskDraws Bernoulli draws
+// of the whole mask until one is non-empty, then the arm with the largest
 // probability (slsam::fallback_arm, shared with the CPU: first on ties, NaN
-// counting as -1, as in slsam.reference). One
-// block: thread t owns arms t, t + kMaskThreads, ... and draws their uniforms
-// from its own Philox4x32-10 subsequence (subsequence t of the generator's
-// seed, starting at the generator's offset), two 32-bit values per arm:
-// u = (hi << 21 | lo >> 11) * 2^-53 in [0, 1), 53 random bits as for fp64
-// uniforms. at::philox_engine is the header-only Philox of ATen (no cuRAND,
-// whose headers the CUDA toolkit here lacks); tests/test_cuda.py mirrors the
-// stream in Python. The generator's offset advances by the worst case
-// (kMaxDraws draws), so the next call never reuses numbers, and a CUDA graph
-// capture works through PhiloxCudaState as in ATen's kernels.
-constexpr int kMaxDraws = 1000;
-constexpr int kMaskThreads = 256;
-
-// 32-bit values one thread consumes per draw, at most.
-inline int64_t values_per_draw(int64_t n) {
-  return 2 * ((n + kMaskThreads - 1) / kMaskThreads);
-}
-
+// counting as -1, as in slsam.reference). The draws themselves (which thread
+// owns which arm, which Philox values it uses) are in mask_draws.h, shared
+// with the host replay in tests/test_mask_replay.py. at::philox_engine is the
+// header-only Philox of ATen (no cuRAND, whose headers the CUDA toolkit here
+// lacks). The generator's offset advances by the worst case (kMaxMaskDraws
+// draws), so the next call never reuses numbers, and a CUDA graph capture
+// works through PhiloxCudaState as in ATen's kernels.
 __global__ void __launch_bounds__(kMaskThreads)
     sample_mask_kernel(const double* probs, int64_t n, bool* out, at::PhiloxCudaState philox) {
   const auto seeds = at::cuda::philox::unpack(philox);
-  const uint64_t offset = std::get<1>(seeds);  // in 32-bit values, as curand_init's
-  at::philox_engine engine(std::get<0>(seeds), threadIdx.x, offset / 4);
-  for (uint64_t skip = 0; skip < offset % 4; ++skip) engine();
-  for (int draw = 0; draw < kMaxDraws; ++draw) {
-    int any = 0;
-    for (int64_t i = threadIdx.x; i < n; i += kMaskThreads) {
-      const uint64_t hi = engine();
-      const uint64_t lo = engine();
-      const double u = static_cast<double>((hi << 21) | (lo >> 11)) * 0x1p-53;
-      const bool on = u < probs[i];
-      out[i] = on;
-      any |= on ? 1 : 0;
-    }
-    if (__syncthreads_or(any)) return;
+  at::philox_engine engine = mask_engine(std::get<0>(seeds), threadIdx.x, std::get<1>(seeds));
+  for (int draw = 0; draw < kMaxMaskDraws; ++draw) {
+    const bool any = draw_owned_arms(engine, probs, n, threadIdx.x, out);
+    if (__syncthreads_or(any ? 1 : 0)) return;
   }
   if (threadIdx.x == 0) {  // every draw was empty (e.g. NaN probabilities)
     out[fallback_arm(probs, n)] = true;
@@ -119,7 +98,8 @@ at::Tensor sample_mask_cuda(const at::Tensor& probs, std::optional<at::Generator
   {
     // See ATen's Note [Acquire lock when using random generators].
     std::lock_guard<std::mutex> lock(gen->mutex_);
-    rng = gen->philox_cuda_state(static_cast<uint64_t>(kMaxDraws * values_per_draw(n)));
+    rng = gen->philox_cuda_state(
+        static_cast<uint64_t>(kMaxMaskDraws * mask_values_per_draw(n)));
   }
   sample_mask_kernel<<<1, kMaskThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       probs.const_data_ptr<double>(), n, mask.mutable_data_ptr<bool>(), rng);
