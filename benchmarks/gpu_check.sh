@@ -17,23 +17,49 @@ OUT="${OUT:-benchmarks/results/gpu}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 export SLSAM_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-8}"
-export CUDA_HOME="${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}"
+# The toolkit's root: it must hold nvcc and libcudart (the link step needs
+# -lcudart). NOTE: `dirname $(which nvcc)` is not enough: on these images nvcc
+# on the PATH can be a wrapper script in /usr/local/bin (seen here), so ask
+# nvcc where it lives (its --dryrun prints TOP=<root>).
+cuda_root() {
+  local top
+  top="$(nvcc --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -n 1)"
+  for d in "${CUDA_HOME:-}" "$top" /usr/local/cuda /usr/local/cuda-*; do
+    [ -n "$d" ] && [ -x "$d/bin/nvcc" ] || continue
+    for lib in lib64 lib targets/x86_64-linux/lib; do
+      [ -e "$d/$lib/libcudart.so" ] && { (cd "$d" && pwd -P); return; }
+    done
+  done
+}
+CUDA_HOME="$(cuda_root)"
+export CUDA_HOME
 
 log() { echo "[gpu_check $(date +%T)] $*" | tee -a "$OUT/summary.txt"; }
 log "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1)"
 log "torch $($PY -c 'import torch; print(torch.__version__, torch.version.cuda)')"
+log "CUDA_HOME=${CUDA_HOME:-<not found>}"
+[ -n "$CUDA_HOME" ] || { log "no CUDA toolkit with nvcc and libcudart found; set CUDA_HOME"; exit 1; }
 
 start=$(date +%s)
-if ! $PY -m pip install --no-build-isolation --no-deps --no-index -e . > "$OUT/build.log" 2>&1; then
-  # No pip index there: build in place instead of installing.
-  $PY setup.py build_ext --inplace >> "$OUT/build.log" 2>&1 || { tail -n 60 "$OUT/build.log"; log "BUILD FAILED"; exit 1; }
+# One build, not two: pip (editable, no index needed) when it is there, else
+# setup.py in place; a compile error is reported, not retried the other way.
+if $PY -m pip --version > /dev/null 2>&1; then
+  build=("$PY" -m pip install --no-build-isolation --no-deps --no-index -e .)
+else
+  build=("$PY" setup.py build_ext --inplace)
 fi
+"${build[@]}" > "$OUT/build.log" 2>&1 || {
+  grep -E "error|Error" "$OUT/build.log" | head -n 40 | tee -a "$OUT/summary.txt"
+  log "BUILD FAILED: ${build[*]}"; exit 1; }
 log "built in $(($(date +%s) - start)) s"
 $PY -c "import slsam, torch; print('cuda kernels:', torch._C._dispatch_has_kernel_for_dispatch_key('slsam::perturb_', 'CUDA'))" | tee -a "$OUT/summary.txt"
 
 log "CUDA tests"
-timeout 200 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -x > "$OUT/test_cuda.log" 2>&1
+# No -x: a first run on a GPU should report every failing kernel, not the first.
+timeout 200 $PY -m pytest -q -p no:cacheprovider -rf --durations=10 tests/test_cuda.py \
+  > "$OUT/test_cuda.log" 2>&1
 log "test_cuda rc=$? : $(tail -n 1 "$OUT/test_cuda.log")"
+grep -E "^FAILED" "$OUT/test_cuda.log" | head -n 40 | tee -a "$OUT/summary.txt"
 
 log "bandwidth"
 timeout 80 $PY -m benchmarks.bandwidth --device cuda --dtypes fp32 bf16 \

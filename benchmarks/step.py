@@ -67,9 +67,21 @@ from benchmarks.common import fmt_bytes, fmt_time, machine_info, table, write_js
 
 try:
     from tqdm import tqdm
-except ImportError:  # tqdm is optional: plain iteration without a progress bar
-    def tqdm(it: Any, **_: Any) -> Any:  # type: ignore[no-redef]
-        return it
+except ImportError:  # tqdm is optional (the GPU image may lack it): no progress bar then
+    class tqdm:  # type: ignore[no-redef]
+        """The part of tqdm's bar API that main() uses, doing nothing."""
+
+        def __init__(self, *_: Any, **__: Any) -> None:
+            pass
+
+        def update(self, n: int = 1) -> None:
+            pass
+
+        def set_postfix_str(self, s: str = "") -> None:
+            pass
+
+        def close(self) -> None:
+            pass
 
 SPARSITIES = (0.05, 0.1, 0.2, 0.5, 1.0)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
