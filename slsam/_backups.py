@@ -96,9 +96,9 @@ class BackupPool:
         """The last call's tensors, with the same dtypes, shapes and strides.
 
         NOTE: compares against the layouts saved on the last miss instead of
-        building a key per call: a key of 10,000 retained shape tuples cost ~35 ms
-        a step, nearly all of it in the garbage collector (temporaries that die at
-        once cost ~0.1 us each).
+        building a key per call: a key over 10,000 tensors cost ~35 ms a step
+        (measured 2026-12-02, 2-core Xeon VM), mostly because the 10,000 shape tuples
+        it retains set off the garbage collector; shapes that die at once cost ~0.1 us.
         """
         assert self._last is not None
         last = self._last[0]

@@ -12,7 +12,7 @@ import torch
 
 M32 = 0xFFFFFFFF
 MASK_THREADS = 256  # csrc/cuda/mask_draws.h kMaskThreads
-MAX_DRAWS = 1000  # kMaxMaskDraws
+MAX_DRAWS = 1000  # kMaxMaskDraws (csrc/include/slsam/bandit.h)
 
 
 def philox4x32_10(ctr: tuple[int, int, int, int], key: tuple[int, int]) -> tuple[int, int, int, int]:

@@ -29,7 +29,7 @@ REPLAY = r"""
 #include <vector>
 
 #include "mask_draws.h"
-#include "slsam/bandit.h"
+#include "slsam/bandit.h"  // fallback_arm, kMaxMaskDraws
 
 torch::Tensor replay(torch::Tensor probs, int64_t seed, int64_t offset) {
   const int64_t n = probs.numel();

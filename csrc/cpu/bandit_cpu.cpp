@@ -30,11 +30,10 @@ void bandit_update_cpu(const at::Tensor& probs, const at::Tensor& mask, const at
 }
 
 // NOTE: bounded resampling. With valid probabilities an empty draw has
-// probability prod(1 - p_i), tiny for any real model; after kMaxDraws empty
+// probability prod(1 - p_i), tiny for any real model; after kMaxMaskDraws empty
 // draws (e.g. NaN probabilities) the arm with the largest probability is
 // taken (fallback_arm: NaN counts as -1, as in slsam.reference), so a
 // corrupted state can never hang the optimizer.
-constexpr int kMaxDraws = 1000;
 
 at::Tensor sample_mask_cpu(const at::Tensor& probs, std::optional<at::Generator> generator) {
   check_probs(probs);
@@ -47,7 +46,7 @@ at::Tensor sample_mask_cpu(const at::Tensor& probs, std::optional<at::Generator>
       generator, at::detail::getDefaultCPUGenerator());
   std::lock_guard<std::mutex> lock(gen->mutex_);
   at::uniform_real_distribution<double> uniform(0.0, 1.0);
-  for (int draw = 0; draw < kMaxDraws; ++draw) {
+  for (int draw = 0; draw < kMaxMaskDraws; ++draw) {
     bool any = false;
     for (int64_t i = 0; i < n; ++i) {
       out[i] = uniform(gen) < p[i];

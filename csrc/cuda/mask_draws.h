@@ -18,7 +18,6 @@
 namespace slsam {
 
 constexpr int kMaskThreads = 256;
-constexpr int kMaxMaskDraws = 1000;
 
 // 32-bit values one thread consumes per draw, at most.
 C10_HOST_DEVICE inline int64_t mask_values_per_draw(int64_t n) {

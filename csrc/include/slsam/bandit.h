@@ -12,6 +12,10 @@ namespace slsam {
 
 constexpr double kProbFloor = 1e-8;
 
+// Whole-mask Bernoulli draws the samplers (CPU and CUDA) try before taking
+// fallback_arm; slsam.reference.MAX_DRAWS is the same bound.
+constexpr int kMaxMaskDraws = 1000;
+
 // Centred bandit loss of an active arm: l_i - min_j l_j with
 // l_i = -(r_i/p_i)^2 + (L/p_min)^2. The (L/p_min)^2 term is the same for every
 // active arm and cancels exactly, so we never form it: with L = 100 and
