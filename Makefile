@@ -1,4 +1,5 @@
-# make demo   - set up .venv (torch CPU, build), then run the short demo
+# make demo   - set up .venv (torch CPU, build), then a short real comparison: MiniLM on BBC News,
+#               AdamW vs SAM vs SL-SAM vs uniform tensor dropout, accuracy against wall-clock time
 # make test   - set up, then run the Python tests and the C++ tests (ctest)
 # make bench  - set up, then the short CPU benchmark set
 # make lint   - ruff
@@ -15,7 +16,7 @@ SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -na
 .PHONY: demo test test-py test-cpp bench lint build clean
 
 demo: $(BUILT)
-	$(PY) examples/demo.py
+	$(PY) examples/compare.py --demo
 
 test: test-py test-cpp
 

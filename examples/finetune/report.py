@@ -1,0 +1,171 @@
+"""Time-to-accuracy tables and the figures, from the runs' JSON records."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+Run = dict[str, Any]
+
+
+def time_to(curve: list[dict[str, float]], target: float) -> float | None:
+    """Training seconds at the first evaluation with test accuracy >= target (None: never)."""
+    for pt in curve:
+        if pt["test_acc"] >= target - 1e-12:
+            return pt["t"]
+    return None
+
+
+def by_method(runs: list[Run]) -> dict[str, list[Run]]:
+    out: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        out[r["method"]["spec"]].append(r)
+    return dict(out)
+
+
+def _ms(xs: list[float]) -> tuple[float, float]:
+    if not xs:
+        return math.nan, math.nan
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def summary(runs: list[Run]) -> list[dict[str, Any]]:
+    """Per method: final accuracy, time and step time (mean, std over seeds), the time to reach
+    SAM's and AdamW's final mean accuracy (mean over the seeds that reach it) and its ratio to
+    SAM's own time, active fraction and memory."""
+    groups = by_method(runs)
+    targets = {k: _ms([r["final_test_acc"] for r in groups[k]])[0] for k in ("sam", "adamw")
+               if k in groups}
+    sam_time = _ms([r["train_seconds"] for r in groups["sam"]])[0] if "sam" in groups else math.nan
+    rows = []
+    for spec, rs in groups.items():
+        row: dict[str, Any] = {"method": spec, "seeds": len(rs)}
+        row["acc"], row["acc_std"] = _ms([r["final_test_acc"] for r in rs])
+        row["seconds"], row["seconds_std"] = _ms([r["train_seconds"] for r in rs])
+        row["s_per_step"], _ = _ms([r["seconds_per_step"] for r in rs])
+        row["active"], _ = _ms([r["active_fraction"] for r in rs])
+        row["extra_rss_mib"], _ = _ms([r["extra_rss_mib"] for r in rs])
+        row["state_mib"], _ = _ms([r["optimizer_state_mib"] for r in rs])
+        for name, target in targets.items():
+            times = [t for r in rs if (t := time_to(r["curve"], target)) is not None]
+            row[f"to_{name}"], row[f"to_{name}_std"] = _ms(times)
+            row[f"to_{name}_reached"] = len(times)
+            row[f"to_{name}_vs_sam_time"] = row[f"to_{name}"] / sam_time
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: float, std: float | None = None, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "never"
+    s = f"{v:.{digits}f}"
+    return s if std is None else f"{s} ± {std:.{digits}f}"
+
+
+def _reach(r: dict[str, Any], k: str) -> str:
+    if r.get(f"to_{k}_reached") is None:
+        return "-"
+    if not r[f"to_{k}_reached"]:
+        return f"never (0/{r['seeds']})"
+    ratio = f", {r[f'to_{k}_vs_sam_time']:.2f}x" if k == "sam" else ""
+    return f"{_fmt(r[f'to_{k}'], r[f'to_{k}_std'], 0)}{ratio} ({r[f'to_{k}_reached']}/{r['seeds']})"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of ``summary`` rows."""
+    head = ("| method | test acc | train time s | s/step | time to SAM's acc (x SAM's time, "
+            "seeds) | time to AdamW's acc (seeds) | active params | extra MiB |")
+    lines = [head, "|" + " --- |" * 8]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {_fmt(r['acc'], r['acc_std'])} | "
+            f"{_fmt(r['seconds'], r['seconds_std'], 0)} | {r['s_per_step']:.3f} | "
+            f"{_reach(r, 'sam')} | {_reach(r, 'adamw')} | {r['active']:.2f} | "
+            f"{r['extra_rss_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot_curves(runs: list[Run], path: Path, title: str) -> None:
+    """Test accuracy against training wall-clock time, mean over seeds (shaded: min..max)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for spec, rs in by_method(runs).items():
+        end = min(r["curve"][-1]["t"] for r in rs)
+        grid = np.linspace(0, end, 60)
+        ys = np.array([np.interp(grid, [p["t"] for p in r["curve"]],
+                                 [p["test_acc"] for p in r["curve"]]) for r in rs])
+        (line,) = ax.plot(grid, ys.mean(0), label=f"{spec} ({len(rs)} seeds)")
+        ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.12)
+    ax.set_xlabel("training wall-clock time (s)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    lo = min(p["test_acc"] for r in runs for p in r["curve"][1:]) if runs else 0
+    ax.set_ylim(max(0.0, lo - 0.02), 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_activation(run: Run, path: Path, bins: int = 30) -> None:
+    """Per-tensor activation frequency over training (tensors x time), as the paper's Fig. 3."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    m = np.array([[c == "1" for c in s] for s in run["masks"]], dtype=float)  # steps x arms
+    edges = np.linspace(0, len(m), bins + 1).astype(int)
+    freq = np.stack([m[a:b].mean(0) for a, b in zip(edges[:-1], edges[1:]) if b > a], axis=1)
+    fig, ax = plt.subplots(figsize=(9, 9))
+    im = ax.imshow(freq, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    names = run["arms"]
+    step = max(1, len(names) // 40)
+    ax.set_yticks(range(0, len(names), step))
+    ax.set_yticklabels([names[i][-38:] for i in range(0, len(names), step)], fontsize=6)
+    ax.set_xticks(range(freq.shape[1])[::5])
+    ax.set_xticklabels([str(edges[i]) for i in range(freq.shape[1])][::5])
+    ax.set_xlabel("training step")
+    ax.set_title(f"{run['task']} {run['method']['spec']} seed {run['seed']}: fraction of steps "
+                 "each tensor was active")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sparsity(runs: list[Run], path: Path, title: str) -> None:
+    """Accuracy, step time and memory against the fraction of parameters in backpropagation
+    (the paper's Fig. 1 and 4): one point per method, mean over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary(runs)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    for r in rows:
+        x = r["active"]
+        kind = r["method"].split(":")[0].split("@")[0]
+        marker = {"slsam": "o", "uniform": "s", "sam": "*", "adamw": "^"}.get(kind, "D")
+        for ax, y in zip(axes, (r["acc"], r["s_per_step"], r["extra_rss_mib"])):
+            ax.scatter(x, y, marker=marker, s=60 if kind != "sam" else 140)
+            ax.annotate(r["method"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for ax, lab in zip(axes, ("test accuracy", "seconds per step", "extra memory over start (MiB)")):
+        ax.set_xlabel("fraction of parameters in backpropagation")
+        ax.set_ylabel(lab)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
