@@ -116,8 +116,9 @@ def plot_curves(runs: list[Run], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def plot_activation(run: Run, path: Path, bins: int = 30) -> None:
-    """Per-tensor activation frequency over training (tensors x time), as the paper's Fig. 3."""
+def plot_activation(run: Run, path: Path, bins: int = 10) -> None:
+    """Per-tensor activation frequency over training (tensors x time), as the paper's Fig. 3,
+    beside each tensor's final selection probability."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,18 +128,23 @@ def plot_activation(run: Run, path: Path, bins: int = 30) -> None:
     m = np.array([[c == "1" for c in s] for s in run["masks"]], dtype=float)  # steps x arms
     edges = np.linspace(0, len(m), bins + 1).astype(int)
     freq = np.stack([m[a:b].mean(0) for a, b in zip(edges[:-1], edges[1:]) if b > a], axis=1)
-    fig, ax = plt.subplots(figsize=(9, 9))
+    probs = np.array(run["final_probs"])[:, None]
+    fig, (ax, axp) = plt.subplots(1, 2, figsize=(9, 10), width_ratios=[6, 1], sharey=True)
     im = ax.imshow(freq, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-    names = run["arms"]
-    step = max(1, len(names) // 40)
+    axp.imshow(probs, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    names = [n.removeprefix("encoder.").removeprefix("net.") for n in run["arms"]]
+    step = max(1, len(names) // 50)
     ax.set_yticks(range(0, len(names), step))
-    ax.set_yticklabels([names[i][-38:] for i in range(0, len(names), step)], fontsize=6)
-    ax.set_xticks(range(freq.shape[1])[::5])
-    ax.set_xticklabels([str(edges[i]) for i in range(freq.shape[1])][::5])
-    ax.set_xlabel("training step")
-    ax.set_title(f"{run['task']} {run['method']['spec']} seed {run['seed']}: fraction of steps "
-                 "each tensor was active")
-    fig.colorbar(im, ax=ax, fraction=0.03)
+    ax.set_yticklabels([names[i][-40:] for i in range(0, len(names), step)], fontsize=6)
+    ax.set_xticks(range(freq.shape[1]))
+    ax.set_xticklabels([f"{a}-{b}" for a, b in zip(edges[:-1], edges[1:])], fontsize=7,
+                       rotation=45)
+    ax.set_xlabel("training steps")
+    axp.set_xticks([0])
+    axp.set_xticklabels(["final p"])
+    fig.suptitle(f"{run['task']} {run['method']['spec']} seed {run['seed']}: fraction of steps each "
+                 "tensor was active", fontsize=10)
+    fig.colorbar(im, ax=axp, fraction=0.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
