@@ -10,8 +10,15 @@
 and the second forward/backward; the Trainer then clips the (second-pass)
 gradients as usual and calls ``optimizer.step()``, which is ``second_step()``
 (restore + AdamW + bandit + next mask). fp16 goes through the Trainer's
-GradScaler (``scaler.step(opt)`` protocol). Gradient accumulation is not
-supported (each micro-batch would need its own perturbation).
+GradScaler (``scaler.step(opt)`` protocol).
+
+Gradient accumulation (``gradient_accumulation_steps=k``): the first k - 1
+micro-batches only accumulate first-pass gradients (their inputs are kept); on
+the last one, ``first_step()`` perturbs along the accumulated gradient of the
+whole effective batch, then all k micro-batches are replayed at the perturbed
+point, so both passes see the same batch as one large batch would (at k + 1
+extra forward/backward passes per step, as SAM costs with one batch). Under DDP
+the replayed passes all-reduce on each backward (the sum is the same).
 """
 
 from __future__ import annotations
@@ -40,10 +47,8 @@ class SLSAMTrainer(Trainer):
                  always_active: Sequence[str] = (), **kwargs: Any) -> None:
         self.slsam_kwargs = dict(slsam_kwargs or {})
         self.always_active = tuple(always_active)
+        self._micro_batches: list[tuple[dict[str, Any], torch.Tensor | int | None]] = []
         super().__init__(*args, **kwargs)
-        if self.args.gradient_accumulation_steps != 1:
-            raise ValueError("SLSAMTrainer needs gradient_accumulation_steps=1: each micro-batch "
-                             "would need its own perturbation; raise the batch size instead")
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
@@ -77,10 +82,15 @@ class SLSAMTrainer(Trainer):
     def training_step(self, model: nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
         opt = self.slsam_optimizer
+        self._micro_batches.append((inputs, num_items_in_batch))
         loss = super().training_step(model, inputs, num_items_in_batch)
+        if not self.accelerator.sync_gradients:  # more micro-batches follow: accumulate
+            return loss
+        replay, self._micro_batches = self._micro_batches, []
         opt.first_step(scaler=getattr(self.accelerator, "scaler", None))
         try:
-            super().training_step(model, inputs, num_items_in_batch)
+            for micro_inputs, micro_items in replay:
+                super().training_step(model, micro_inputs, micro_items)
         except BaseException:
             opt._abort()
             raise

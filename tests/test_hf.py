@@ -58,3 +58,64 @@ def test_trainer_runs_both_passes(tmp_path):
     assert untouched, "with sparsity 0.2 over 4 steps some tensors are never active"
     for n in untouched:
         assert n not in steps
+
+
+def _train_accumulated(tmp_path, batch, accumulate, steps=2):
+    """Train with SLSAMTrainer and record the gradients each pass hands to the optimizer."""
+    tok = transformers.AutoTokenizer.from_pretrained(MODEL_DIR)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        MODEL_DIR, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / f"b{batch}"), per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulate, max_steps=steps, learning_rate=1e-3,
+        report_to=[], save_strategy="no", use_cpu=True, seed=0, max_grad_norm=1.0,
+        lr_scheduler_type="constant")
+    trainer = SLSAMTrainer(model=model, args=args, train_dataset=Tiny(tok),
+                           slsam_kwargs=dict(sparsity=0.5, seed=3), always_active=["classifier"])
+    # NOTE: BERT's classification loss is a mean that ignores num_items_in_batch, yet the
+    # Trainer then skips its 1/k scaling: every micro-batch would count k times (with any
+    # optimizer). Let the Trainer scale, so the comparison is with the true batch mean.
+    trainer.model_accepts_loss_kwargs = False
+    opt = trainer.create_optimizer()
+    passes = []
+    for name in ("first_step", "second_step"):
+        method = getattr(opt, name)
+
+        def record(*a, _method=method, **k):
+            passes.append({n: p.grad.clone() for n, p in model.named_parameters()
+                           if p.grad is not None})
+            return _method(*a, **k)
+        setattr(opt, name, record)
+    trainer.train()
+    return trainer, passes
+
+
+@pytest.mark.slow
+def test_trainer_gradient_accumulation_equals_one_large_batch(tmp_path):
+    """Both passes of an accumulated step see the gradient of the whole effective batch."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    big, g_big = _train_accumulated(tmp_path, batch=8, accumulate=1)
+    acc, g_acc = _train_accumulated(tmp_path, batch=4, accumulate=2)
+    assert acc.state.global_step == big.state.global_step == 2
+    assert len(g_acc) == len(g_big) == 4  # first and second pass of each step
+    for i, (a, b) in enumerate(zip(g_acc, g_big)):
+        assert a.keys() == b.keys() and len(a) > 2
+        if i >= 2:
+            # NOTE: after one AdamW step the weights already differ by more than rounding (Adam
+            # turns rounding noise in near-zero gradients into +-lr steps): the second step is
+            # checked as a whole (a lost or doubled micro-batch is a 50% error).
+            num = sum(float((a[n] - b[n]).square().sum()) for n in b) ** 0.5
+            den = sum(float(b[n].square().sum()) for n in b) ** 0.5
+            assert num <= 1e-2 * den, f"pass {i}: relative error {num / den:.2e}"
+            continue
+        # NOTE: plus a floor at fp32 rounding of the pass's largest gradient: some tensors'
+        # exact gradient is 0 (a key bias under softmax), theirs is rounding noise.
+        floor = 1e-6 * max(float(g.abs().max()) for g in b.values())
+        for n in b:
+            scale = float(b[n].abs().max())
+            err = float((a[n] - b[n]).abs().max())
+            assert err <= 1e-4 * scale + floor, f"pass {i} {n}: {err:.3e} vs max |g| {scale:.3e}"
+    torch.testing.assert_close(acc.slsam_optimizer.probs, big.slsam_optimizer.probs,
+                               rtol=1e-6, atol=0)
+    assert not acc.slsam_optimizer.perturbed and not acc._micro_batches
