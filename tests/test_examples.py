@@ -144,7 +144,7 @@ def _run(spec, seed, accs, dt=1.0):
     return {"method": methods.describe(spec), "seed": seed, "curve": curve,
             "final_test_acc": accs[-1], "train_seconds": curve[-1]["t"],
             "seconds_per_step": dt, "active_fraction": 1.0, "extra_rss_mib": 10.0,
-            "optimizer_state_mib": 1.0, "task": "text"}
+            "optimizer_state_mib": 1.0, "peak_rss_mib": 100.0, "task": "text"}
 
 
 def test_time_to_accuracy_and_summary(tmp_path):
@@ -159,7 +159,7 @@ def test_time_to_accuracy_and_summary(tmp_path):
     assert rows["slsam:0.2"]["to_sam_reached"] == 1 and rows["slsam:0.2"]["to_sam"] == 1.0
     assert rows["adamw"]["to_sam_reached"] == 0 and math.isnan(rows["adamw"]["to_sam"])
     md = report.table(list(rows.values()))
-    assert "never (0/2)" in md and md.count("\n") == 4
+    assert "never (0/2)" in md and md.count("\n") == 4 and "| 1 | 100 |" in md
     report.plot_curves(runs, tmp_path / "c.png", "t")
     report.plot_sparsity(runs, tmp_path / "s.png", "t")
     sparse = dict(_run("slsam:0.2", 0, [0.5]), arms=["a", "b"], masks=["10", "01", "11"])

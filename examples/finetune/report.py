@@ -35,7 +35,8 @@ def _ms(xs: list[float]) -> tuple[float, float]:
 def summary(runs: list[Run]) -> list[dict[str, Any]]:
     """Per method: final accuracy, time and step time (mean, std over seeds), the time to reach
     SAM's and AdamW's final mean accuracy (mean over the seeds that reach it) and its ratio to
-    SAM's own time, active fraction and memory."""
+    SAM's own time, active fraction, optimizer state (moments, backups, stored directions)
+    and peak process memory."""
     groups = by_method(runs)
     targets = {k: _ms([r["final_test_acc"] for r in groups[k]])[0] for k in ("sam", "adamw")
                if k in groups}
@@ -48,6 +49,7 @@ def summary(runs: list[Run]) -> list[dict[str, Any]]:
         row["s_per_step"], _ = _ms([r["seconds_per_step"] for r in rs])
         row["active"], _ = _ms([r["active_fraction"] for r in rs])
         row["extra_rss_mib"], _ = _ms([r["extra_rss_mib"] for r in rs])
+        row["peak_rss_mib"], _ = _ms([r["peak_rss_mib"] for r in rs])
         row["state_mib"], _ = _ms([r["optimizer_state_mib"] for r in rs])
         for name, target in targets.items():
             times = [t for r in rs if (t := time_to(r["curve"], target)) is not None]
@@ -77,14 +79,15 @@ def _reach(r: dict[str, Any], k: str) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     """A markdown table of ``summary`` rows."""
     head = ("| method | test acc | train time s | s/step | time to SAM's acc (x SAM's time, "
-            "seeds) | time to AdamW's acc (seeds) | active params | extra MiB |")
-    lines = [head, "|" + " --- |" * 8]
+            "seeds) | time to AdamW's acc (seeds) | active params | optimizer state MiB | "
+            "peak RSS MiB |")
+    lines = [head, "|" + " --- |" * 9]
     for r in rows:
         lines.append(
             f"| {r['method']} | {_fmt(r['acc'], r['acc_std'])} | "
             f"{_fmt(r['seconds'], r['seconds_std'], 0)} | {r['s_per_step']:.3f} | "
             f"{_reach(r, 'sam')} | {_reach(r, 'adamw')} | {r['active']:.2f} | "
-            f"{r['extra_rss_mib']:.0f} |")
+            f"{r['state_mib']:.0f} | {r['peak_rss_mib']:.0f} |")
     return "\n".join(lines)
 
 
