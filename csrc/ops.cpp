@@ -8,7 +8,8 @@ TORCH_LIBRARY(slsam, m) {
   // []) of `grads`; with `weights`, the norms of weights.abs() * grads (ASAM).
   m.def("grad_norms(Tensor[] grads, Tensor[]? weights=None) -> (Tensor, Tensor)");
   // backups[i] = params[i]; params[i] += rho / (total_norm + 1e-12) * grads[i]
-  // (* params[i]^2 when adaptive). A non-finite total_norm moves nothing.
+  // (* params[i]^2 when adaptive). A non-finite total_norm (or rho = 0) leaves
+  // params bit for bit, also where grads are not finite.
   m.def(
       "perturb_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] backups, "
       "Tensor total_norm, float rho, bool adaptive=False) -> ()");

@@ -314,6 +314,10 @@ class SLSAM(torch.optim.Optimizer):
             perturbed = [p for _, ps, _ in groups for p in ps]
             _, total = ops.grad_norms([p.grad for p in perturbed], perturbed, device=self._device)
             found_inf = found_inf | ~torch.isfinite(total)
+            # NOTE: |x|*g can be finite where g is not (g overflowing only when squared);
+            # a non-finite norm is what keeps the kernels from moving the weights, so
+            # a skipped step never runs its second forward at moved weights.
+            total = torch.where(found_inf, torch.full_like(total, math.nan), total)
         # NOTE: rho * g / ||g|| does not change when g is scaled, so the perturbation
         # uses the (loss-scaled) gradients as they are; only the bandit's norms,
         # which are not scale-free, are unscaled.

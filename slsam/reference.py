@@ -58,16 +58,21 @@ def perturb_(
     rho: float,
     adaptive: bool = False,
 ) -> None:
-    """backups = params; params += rho/(||g|| + 1e-12) * g (* params^2 if adaptive)."""
+    """backups = params; params += rho/(||g|| + 1e-12) * g (* params^2 if adaptive).
+
+    A zero or non-finite scale (rho = 0, a non-finite norm) leaves params as they are,
+    also where g is not finite (x + 0 * inf would be NaN).
+    """
     scale = perturb_scale(total_norm, rho)
     for p, g, b in zip(params, grads, backups):
         b.copy_(p)
         x = _opmath(p)
         s = scale.to(x.dtype)
+        moves = (s != 0) & torch.isfinite(s)
         step = s * g.to(x.dtype)
         if adaptive:
             step = step * x * x
-        p.copy_(x + step)
+        p.copy_(torch.where(moves, x + step, x))
 
 
 def restore_(params: Sequence[Tensor], backups: Sequence[Tensor]) -> None:

@@ -35,6 +35,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   const acc_t scale = s_scale;
+  const bool moves = perturb_moves(scale);  // false: x stays bit for bit
   const auto ch = this_chunk(entries, n_entries);
   scalar_t* x = static_cast<scalar_t*>(ch.e.x) + ch.begin;
   const scalar_t* g = static_cast<const scalar_t*>(ch.e.g) + ch.begin;
@@ -44,13 +45,14 @@ __global__ void __launch_bounds__(kThreads)
     constexpr bool kVec = decltype(full)::value;
     scalar_t rx[kILP], rg[kILP], out[kILP];
     load<kVec>(rx, x, i, ch.n);
+    store<kVec>(bk, rx, i, ch.n);
+    if (!moves) return;  // this group only: the backup is written, x is left alone
     load<kVec>(rg, g, i, ch.n);
 #pragma unroll
     for (int j = 0; j < kILP; ++j) {
       out[j] = static_cast<scalar_t>(perturb_element<acc_t>(
           static_cast<acc_t>(rx[j]), static_cast<acc_t>(rg[j]), scale, adaptive));
     }
-    store<kVec>(bk, rx, i, ch.n);
     store<kVec>(x, out, i, ch.n);
   });
 }

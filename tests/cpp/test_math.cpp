@@ -61,6 +61,8 @@ static void test_perturb() {
   const double inf = std::numeric_limits<double>::infinity();
   CHECK(slsam::perturb_scale<double>(inf, 0.1, 1e-12) == 0.0);
   CHECK(slsam::perturb_scale<double>(std::nan(""), 0.1, 1e-12) == 0.0);
+  CHECK(!slsam::perturb_moves(0.0f) && !slsam::perturb_moves(std::numeric_limits<float>::infinity()));
+  CHECK(!slsam::perturb_moves(std::nanf("")) && slsam::perturb_moves(1e-30f));
 }
 
 static void test_adamw() {

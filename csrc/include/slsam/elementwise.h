@@ -43,6 +43,16 @@ SLSAM_HD inline acc_t perturb_scale(acc_t total_norm, acc_t rho, acc_t eps) {
   return is_finite(total_norm) ? rho / (total_norm + eps) : acc_t(0);
 }
 
+// Whether a perturbation with this scale moves the weights. NOTE: with a zero scale
+// (rho = 0, or the non-finite norm of a step that will be skipped) the kernels
+// write x unchanged instead of x + 0 * g, which is NaN where g is +-inf or NaN:
+// the second forward must run at the unperturbed, finite weights (whatever it
+// writes, e.g. BatchNorm's running statistics, outlives the skipped step).
+template <typename acc_t>
+SLSAM_HD inline bool perturb_moves(acc_t scale) {
+  return scale != acc_t(0) && is_finite(scale);
+}
+
 // Hyper-parameters of one AdamW step for one tensor; the bias corrections
 // depend on the tensor's own step count (sparse updates: every tensor has its
 // own count). acc_t is float for float/bf16/fp16 tensors, double for double.
