@@ -38,6 +38,16 @@ def _check_range(name: str, value: float, low: float, high: float, *, low_open: 
         raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}; {fix}")
 
 
+_RHO_FIX = "use rho >= 0, e.g. rho=0.05 (rho=0 is the base optimizer alone)"
+
+
+def _check_group_rhos(groups: list[dict[str, Any]]) -> None:
+    """Every group's rho (a group may set its own, or an LR-style schedule may change it)."""
+    for i, g in enumerate(groups):
+        _check_range(f"param_groups[{i}]['rho']", g.get("rho"), 0.0, math.inf, low_open=False,
+                     fix=_RHO_FIX)
+
+
 # NOTE: set on an arm while SLSAM has turned its requires_grad off, so that an optimizer
 # built later on the same parameters (re-created in the same process, e.g. Lightning's
 # lr_find before fit) takes it as an arm again, not as a tensor the user froze, which
@@ -105,7 +115,7 @@ class SLSAM(torch.optim.Optimizer):
     ) -> None:
         if mask_mode not in ("requires_grad", "grad"):
             raise ValueError(f"mask_mode must be 'requires_grad' or 'grad', got {mask_mode!r}")
-        _check_range("rho", rho, 0.0, math.inf, low_open=True, fix="use e.g. rho=0.05")
+        _check_range("rho", rho, 0.0, math.inf, low_open=False, fix=_RHO_FIX)
         _check_range("sparsity", sparsity, 0.0, 1.0, low_open=True,
                      fix="it is the expected fraction of active tensors, e.g. 0.2")
         _check_range("alpha", alpha, 0.0, math.inf, low_open=False, fix="use e.g. alpha=1e-3")
@@ -117,6 +127,7 @@ class SLSAM(torch.optim.Optimizer):
                 "e.g. SLSAM(params, torch.optim.SGD, lr=0.1)")
         self._initialised = False
         super().__init__(params, dict(rho=rho, adaptive=adaptive))
+        _check_group_rhos(self.param_groups)
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
@@ -264,6 +275,7 @@ class SLSAM(torch.optim.Optimizer):
         if self._pending is not None:
             raise RuntimeError("step(closure) called between first_step() and second_step(); "
                                "call second_step() (or step() without a closure) first")
+        _check_group_rhos(self.param_groups)  # before the closure: a refused step runs no pass
         loss0 = None
         try:
             if not any(p.grad is not None for p in self._active):
@@ -294,6 +306,7 @@ class SLSAM(torch.optim.Optimizer):
         if self._pending is not None:
             raise RuntimeError("first_step() called twice; call second_step() after the "
                                "second forward/backward")
+        _check_group_rhos(self.param_groups)
         self._drop_inactive_grads()
         arm_grads = [p.grad for p in self._active_arms]
         always = [p for p in self._always if p.grad is not None]

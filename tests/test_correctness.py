@@ -93,3 +93,93 @@ def test_perturb_with_nonfinite_gradient_and_norm_writes_params_unchanged(dtype,
         for p, q, b in zip(ps, params, bks):
             assert torch.equal(p.view(torch.uint8), q.view(torch.uint8)), fn
             assert torch.equal(b.view(torch.uint8), q.view(torch.uint8)), fn
+
+
+# ----- rho = 0 is the base optimizer alone; a negative rho is refused at the step -----
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
+                         nn.Linear(16, 3))
+
+
+def mlp_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(32, 8, generator=g)
+    return x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+
+
+def closure_for(model: nn.Module, opt: torch.optim.Optimizer, seed: int):
+    x, y = mlp_batch(seed)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])
+@pytest.mark.parametrize("base", ["sgd", "adamw"])
+def test_rho_zero_equals_the_base_optimizer_alone(base, adaptive):
+    cls, kw = {"sgd": (torch.optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=1e-3)),
+               "adamw": (torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.05))}[base]
+    model, ref = mlp(), mlp()
+    opt = slsam.SAM(model.parameters(), cls, rho=0.0, adaptive=adaptive, **kw)
+    ref_opt = cls(ref.parameters(), **kw)
+    for i in range(5):
+        opt.step(closure_for(model, opt, i))
+        ref_opt.step(closure_for(ref, ref_opt, i))
+    for p, q in zip(model.parameters(), ref.parameters()):
+        if base == "sgd":  # the same path: restore (exact), then SGD's own step
+            assert torch.equal(p, q)
+        else:  # fused AdamW rounds in another order than torch's: a few ulp
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_rho_zero_is_accepted_by_both_classes():
+    assert slsam.SLSAM(mlp().parameters(), rho=0.0).rho == 0.0
+    assert slsam.SAM(mlp().parameters(), rho=0.0).rho == 0.0
+
+
+@pytest.mark.parametrize("bad", [-0.01, float("nan"), float("inf")])
+@pytest.mark.parametrize("style", ["closure", "first_pass_given", "two_call"])
+def test_bad_rho_set_through_param_groups_is_refused_at_the_step(style, bad):
+    model = mlp()
+    opt = slsam.SLSAM(model.parameters(), rho=0.05, sparsity=0.5, seed=0, lr=1e-2)
+    opt.step(closure_for(model, opt, 0))
+    opt.param_groups[0]["rho"] = bad
+    weights = [p.detach().clone() for p in model.parameters()]
+    state = {k: {n: t.clone() for n, t in v.items()} for k, v in opt.state.items()}
+    probs, mask = opt.probs, opt.mask
+    closure = closure_for(model, opt, 1)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['rho'\]"):
+        if style == "closure":
+            opt.step(closure)
+        elif style == "first_pass_given":
+            closure()
+            opt.step(closure)
+        else:
+            closure()
+            opt.first_step()
+    assert not opt.perturbed
+    for p, w in zip(model.parameters(), weights):
+        assert torch.equal(p.detach(), w)
+    assert state.keys() == opt.state.keys()
+    for k, v in state.items():
+        for n, t in v.items():
+            assert torch.equal(opt.state[k][n], t)
+    assert torch.equal(opt.probs, probs) and torch.equal(opt.mask, mask)
+    opt.param_groups[0]["rho"] = 0.05  # fixed: training goes on
+    opt.step(closure_for(model, opt, 2))
+
+
+def test_bad_rho_of_a_group_refused_at_construction():
+    model = mlp()
+    ps = list(model.parameters())
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['rho'\]"):
+        slsam.SLSAM([{"params": ps[:2]}, {"params": ps[2:], "rho": -1.0}])
+    assert all(p.requires_grad for p in ps)
