@@ -324,8 +324,15 @@ class SLSAM(torch.optim.Optimizer):
             groups.append((group, ps, backups[: len(ps)]))
             backups = backups[len(ps):]
         if any(g["adaptive"] for g in self.param_groups):
-            perturbed = [p for _, ps, _ in groups for p in ps]
-            _, total = ops.grad_norms([p.grad for p in perturbed], perturbed, device=self._device)
+            # NOTE: |x|*g only for the adaptive groups' tensors; the others enter the
+            # global norm with g, as in ASAM's and the peer libraries' mixed groups.
+            weighted = [p for g, ps, _ in groups if g["adaptive"] for p in ps]
+            plain = [p for g, ps, _ in groups if not g["adaptive"] for p in ps]
+            _, total = ops.grad_norms([p.grad for p in weighted], weighted, device=self._device)
+            if plain:
+                _, total_plain = ops.grad_norms([p.grad for p in plain], device=self._device)
+                total = (total.double().square() + total_plain.double().square()).sqrt().to(
+                    total.dtype)
             found_inf = found_inf | ~torch.isfinite(total)
             # NOTE: |x|*g can be finite where g is not (g overflowing only when squared);
             # a non-finite norm is what keeps the kernels from moving the weights, so

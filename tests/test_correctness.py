@@ -183,3 +183,34 @@ def test_bad_rho_of_a_group_refused_at_construction():
     with pytest.raises(ValueError, match=r"param_groups\[1\]\['rho'\]"):
         slsam.SLSAM([{"params": ps[:2]}, {"params": ps[2:], "rho": -1.0}])
     assert all(p.requires_grad for p in ps)
+
+
+# ----- mixed adaptive flags: |w| weights only the adaptive groups' tensors -----
+
+
+@pytest.mark.parametrize("dtype", [torch.float32], ids=["fp32"])
+def test_mixed_adaptive_groups_perturb_like_the_hand_computation(dtype):
+    model = mlp().to(dtype)
+    ps = list(model.parameters())
+    rho = 0.05
+    opt = slsam.SAM([{"params": ps[:2], "adaptive": True}, {"params": ps[2:4]},
+                     {"params": ps[4:], "adaptive": True, "rho": 0.1}],
+                    torch.optim.SGD, rho=rho, lr=0.0)
+    x, y = mlp_batch(0)
+    x = x.to(dtype)
+    F.cross_entropy(model(x), y).backward()
+    w = [p.detach().double().clone() for p in ps]
+    g = [p.grad.double().clone() for p in ps]
+    adaptive = [True, True, False, False, True, True]
+    rhos = [rho] * 4 + [0.1] * 2
+    sq = sum(((wi.abs() * gi) if a else gi).square().sum() for wi, gi, a in zip(w, g, adaptive))
+    norm = float(sq.sqrt())
+    expect = [wi + r / (norm + 1e-12) * (wi * wi * gi if a else gi)
+              for wi, gi, a, r in zip(w, g, adaptive, rhos)]
+    opt.first_step()
+    tol = dict(rtol=0, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-6, atol=1e-7)
+    for p, e in zip(ps, expect):
+        torch.testing.assert_close(p.detach().double(), e, **tol)
+    opt.second_step()
+    for p, wi in zip(ps, w):  # lr = 0: back exactly
+        assert torch.equal(p.detach().double(), wi)
