@@ -181,6 +181,10 @@ class SLSAM(torch.optim.Optimizer):
         self._skipped = torch.zeros((), dtype=torch.int64, device=self._device)
         self._no_grad = torch.zeros(0, dtype=torch.float32, device=self._device)
         self._pending: dict[str, Any] | None = None
+        # Arms the user froze after construction (indices), and which arms should have
+        # requires_grad now, to tell the user's freezing from our masking.
+        self._frozen: set[int] = set()
+        self._expect_grad: list[bool] = [True] * n
         if reuse_backups is None:
             reuse_backups = self._device.type == "cpu"
         self._backups = BackupPool(bool(reuse_backups))
@@ -229,9 +233,13 @@ class SLSAM(torch.optim.Optimizer):
 
     @contextlib.contextmanager
     def dense(self) -> Iterator[None]:
-        """Give every trainable tensor ``requires_grad`` back for the block."""
-        for p in self._arms:
-            p.requires_grad_(True)
+        """Give every trainable tensor ``requires_grad`` back for the block (except those
+        you froze: see ``_note_user_frozen``)."""
+        self._note_user_frozen()
+        for i, p in enumerate(self._arms):
+            if i not in self._frozen:
+                p.requires_grad_(True)
+        self._expect_grad = [True] * len(self._arms)
         try:
             yield
         finally:
@@ -473,15 +481,38 @@ class SLSAM(torch.optim.Optimizer):
         self._apply_mask()
 
     def _apply_mask(self) -> None:
+        self._note_user_frozen()
         if self.mask_mode == "requires_grad":
-            for p, on in zip(self._arms, self._mask_list):
-                p.requires_grad_(on)
-                setattr(p, _MASKED, not on)
+            frozen = self._frozen
+            for i, (p, on) in enumerate(zip(self._arms, self._mask_list)):
+                if i not in frozen:
+                    p.requires_grad_(on)
+                    setattr(p, _MASKED, not on)
+            self._expect_grad = list(self._mask_list)
+        else:
+            self._expect_grad = [True] * len(self._arms)
         self._active_arms = [p for p, on in zip(self._arms, self._mask_list) if on]
         ids = {id(p) for p in self._active_arms} | {id(p) for p in self._always}
         self._active_by_group = [[p for p in g["params"] if id(p) in ids]
                                  for g in self.param_groups]
         self._active = self._active_arms + self._always
+
+    def _note_user_frozen(self) -> None:
+        """Record the arms the user froze or unfroze since the mask was last applied.
+
+        NOTE: an arm that should have requires_grad (active, every arm inside dense() or
+        with mask_mode="grad") but has not was frozen by the user: a new mask,
+        load_state_dict() or dense() must not turn it back on (it stays frozen until the
+        user sets requires_grad again). An arm frozen while masked off looks like a masked
+        one; freezing inside ``with opt.dense():`` is always seen.
+        """
+        frozen, expect = self._frozen, self._expect_grad
+        for i, p in enumerate(self._arms):
+            if i in frozen:
+                if p.requires_grad:
+                    frozen.discard(i)
+            elif expect[i] and not p.requires_grad:
+                frozen.add(i)
 
     def _clear_grads(self) -> None:
         for active in self._active_by_group:

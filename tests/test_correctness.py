@@ -214,3 +214,58 @@ def test_mixed_adaptive_groups_perturb_like_the_hand_computation(dtype):
     opt.second_step()
     for p, wi in zip(ps, w):  # lr = 0: back exactly
         assert torch.equal(p.detach().double(), wi)
+
+
+# ----- tensors the user froze after construction stay frozen -----
+
+
+@pytest.mark.parametrize("mask_mode", ["requires_grad", "grad"])
+def test_load_state_dict_keeps_tensors_frozen_after_construction(mask_mode):
+    model = mlp()
+    opt = slsam.SLSAM(model.parameters(), sparsity=0.5, seed=0, mask_mode=mask_mode, lr=1e-2)
+    for i in range(3):
+        opt.step(closure_for(model, opt, i))
+    sd = opt.state_dict()
+    with opt.dense():  # every arm has requires_grad here, so each freeze is seen
+        frozen = [model[2].weight, model[2].bias]
+        for p in frozen:
+            p.requires_grad_(False)
+    before = [p.detach().clone() for p in frozen]
+    opt.load_state_dict(sd)
+    assert not any(p.requires_grad for p in frozen)
+    with opt.dense():
+        assert not any(p.requires_grad for p in frozen)
+    for i in range(6):
+        opt.step(closure_for(model, opt, 10 + i))
+        assert not any(p.requires_grad for p in frozen)
+        opt.load_state_dict(opt.state_dict())
+        assert not any(p.requires_grad for p in frozen)
+    for p, b in zip(frozen, before):
+        assert torch.equal(p.detach(), b)
+    others = [p for p in opt.arms if all(p is not q for q in frozen)]
+    if mask_mode == "requires_grad":
+        assert [p.requires_grad for p in others] == [
+            on for p, on in zip(opt.arms, opt.mask.tolist()) if all(p is not q for q in frozen)]
+    for p in frozen:  # unfrozen by the user: an arm again
+        p.requires_grad_(True)
+    for i in range(20):
+        opt.step(closure_for(model, opt, 30 + i))
+    assert any(not torch.equal(p.detach(), b) for p, b in zip(frozen, before))
+
+
+def test_active_arm_frozen_between_steps_stays_frozen():
+    model = mlp()
+    opt = slsam.SLSAM(model.parameters(), sparsity=0.5, seed=1, lr=1e-2)
+    opt.step(closure_for(model, opt, 0))
+    active = [p for p, on in zip(opt.arms, opt.mask.tolist()) if on]
+    victim = active[0]
+    victim.requires_grad_(False)
+    before = victim.detach().clone()
+    sd = opt.state_dict()
+    sd["slsam"]["mask"] = torch.ones_like(sd["slsam"]["mask"])
+    opt.load_state_dict(sd)
+    assert not victim.requires_grad
+    for i in range(10):
+        opt.step(closure_for(model, opt, 1 + i))
+        assert not victim.requires_grad
+    assert torch.equal(victim.detach(), before)
