@@ -418,6 +418,16 @@ class SLSAM(torch.optim.Optimizer):
         """True between first_step() and second_step(), e.g. in the closure's second call."""
         return self._pending is not None
 
+    # ----- copies and pickles -----
+
+    def __getstate__(self) -> dict[str, Any]:
+        # NOTE: torch.optim.Optimizer keeps only defaults, state and param_groups; the copy
+        # needs everything SLSAM holds (base optimizer, arms, bandit, generator, a pending
+        # pass) to step as the original would. Hooks are left behind, as torch does.
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_optimizer_")}
+        state["_backups"] = BackupPool(self._backups.reuse)  # scratch memory, not state
+        return state
+
     # ----- state dict -----
 
     def state_dict(self) -> dict[str, Any]:

@@ -4,6 +4,9 @@ the optimizer, AdamW's scalars, fp64 norms."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -269,3 +272,82 @@ def test_active_arm_frozen_between_steps_stays_frozen():
         opt.step(closure_for(model, opt, 1 + i))
         assert not victim.requires_grad
     assert torch.equal(victim.detach(), before)
+
+
+# ----- copies and pickles step exactly like the original -----
+
+
+def _roundtrip(obj, how: str):
+    if how == "deepcopy":
+        return copy.deepcopy(obj)
+    return pickle.loads(pickle.dumps(obj))
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("cls", ["SLSAM", "SAM", "SLSAM_sgd"])
+def test_copied_model_and_optimizer_step_like_the_original(cls, how):
+    model = mlp()
+    if cls == "SLSAM":
+        opt = slsam.SLSAM(model.parameters(), sparsity=0.4, seed=3, lr=1e-2)
+    elif cls == "SAM":
+        opt = slsam.SAM(model.parameters(), lr=1e-2)
+    else:
+        opt = slsam.SLSAM(model.parameters(), torch.optim.SGD, sparsity=0.4, seed=3, lr=0.1,
+                          momentum=0.9)
+    for i in range(3):
+        opt.step(closure_for(model, opt, i))
+    model2, opt2 = _roundtrip((model, opt), how)
+    assert opt2.arms[0] is next(iter(model2.parameters()))
+    for i in range(5):
+        opt.step(closure_for(model, opt, 10 + i))
+        opt2.step(closure_for(model2, opt2, 10 + i))
+        assert torch.equal(opt.probs, opt2.probs) and torch.equal(opt.mask, opt2.mask)
+        for p, q in zip(model.parameters(), model2.parameters()):
+            assert torch.equal(p, q) and p.requires_grad == q.requires_grad
+    assert opt2.skipped_steps == opt.skipped_steps
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copy_between_first_and_second_step(how):
+    model = mlp()
+    opt = slsam.SLSAM(model.parameters(), sparsity=0.5, seed=0, lr=1e-2)
+    opt.step(closure_for(model, opt, 0))
+    closure_for(model, opt, 1)()
+    opt.first_step()
+    model2, opt2 = _roundtrip((model, opt), how)
+    assert opt2.perturbed
+    for m, o in ((model, opt), (model2, opt2)):
+        closure_for(m, o, 1)()
+        o.second_step()
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, q)
+    opt.step(closure_for(model, opt, 2))
+    opt2.step(closure_for(model2, opt2, 2))
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_copied_optimizer_alone_steps():
+    """A copy of the optimizer alone holds copies of the parameters, as torch's do."""
+    model = mlp()
+    opt = slsam.SLSAM(model.parameters(), sparsity=0.5, seed=0, lr=1e-2)
+    opt.step(closure_for(model, opt, 0))
+    opt2 = copy.deepcopy(opt)
+    assert all(p is not q for p, q in zip(opt.arms, opt2.arms))
+    model2 = mlp()
+    for dst, src in zip(model2.parameters(), opt2.arms):  # put the copies in a model
+        dst.data = src.data
+    for m, o in ((model, opt), (model2, opt2)):
+        x, y = mlp_batch(5)
+
+        def closure(m=m, o=o, x=x, y=y) -> torch.Tensor:
+            o.zero_grad()
+            out = torch.func.functional_call(m, dict(zip([n for n, _ in m.named_parameters()],
+                                                          o.arms)), (x,))
+            loss = F.cross_entropy(out, y)
+            loss.backward()
+            return loss
+
+        o.step(closure)
+    for p, q in zip(opt.arms, opt2.arms):
+        assert torch.equal(p, q)
