@@ -114,9 +114,10 @@ def restore_adamw_(
         def c(v_: float, dt: torch.dtype = dt) -> Tensor:  # scalars rounded like the kernel
             return torch.tensor(v_, dtype=dt)
 
-        x = x * (1.0 - c(lr) * c(weight_decay))
-        mm = torch.lerp(mm, gg, c(1.0) - c(beta1))
-        vv = c(beta2) * vv + (c(1.0) - c(beta2)) * gg * gg
+        # NOTE: 1 - lr*wd, 1 - beta1, 1 - beta2 formed in double, rounded once (as torch)
+        x = x * c(1.0 - lr * weight_decay)
+        mm = torch.lerp(mm, gg, c(1.0 - beta1))
+        vv = c(beta2) * vv + c(1.0 - beta2) * gg * gg
         step_size = c(lr / (1.0 - beta1**step))
         bc2_sqrt = c(math.sqrt(1.0 - beta2**step))
         denom = vv.sqrt() / bc2_sqrt + c(eps)

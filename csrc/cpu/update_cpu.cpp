@@ -73,13 +73,14 @@ void restore_adamw_cpu(at::TensorList params, at::TensorList backups, at::Tensor
     return;
   }
   const double inv_scale = grad_scale.has_value() ? 1.0 / scalar_of(*grad_scale) : 1.0;
+  const AdamWHyper hyper = adamw_hyper(lr, beta1, beta2, weight_decay, eps);
   std::vector<double> next_step(n);
   for (size_t i = 0; i < n; ++i) next_step[i] = scalar_of(steps[i]) + 1.0;
   with_span_isa([&](auto isa) {
     for_each_chunk(params, [&](int64_t t, int64_t b, int64_t e) {
       SLSAM_DISPATCH_FLOATING(params[t].scalar_type(), "restore_adamw_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        const auto s = adamw_scalars<acc_t>(lr, beta1, beta2, weight_decay, eps, next_step[t]);
+        const auto s = adamw_scalars<acc_t>(hyper, next_step[t]);
         decltype(isa)::restore_adamw_span(
             params[t].data_ptr<scalar_t>() + b, bks[t].const_data_ptr<scalar_t>() + b,
             gs[t].const_data_ptr<scalar_t>() + b, exp_avgs[t].data_ptr<scalar_t>() + b,

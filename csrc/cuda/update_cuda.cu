@@ -181,10 +181,6 @@ struct AdamWEntry {
   int64_t chunk_first;
 };
 
-struct AdamWHyper {
-  double lr, beta1, beta2, weight_decay, eps;
-};
-
 __device__ inline double read_step(const void* p, int64_t is_double) {
   return is_double ? *static_cast<const double*>(p)
                    : static_cast<double>(*static_cast<const float*>(p));
@@ -205,7 +201,7 @@ __global__ void __launch_bounds__(kThreads)
     s_skip = found_inf.present && read_scalar(found_inf) != 0.0;
     if (!s_skip) {
       const double step = read_step(ch.e.step, ch.e.step_is_double) + 1.0;
-      s_sc = adamw_scalars<acc_t>(h.lr, h.beta1, h.beta2, h.weight_decay, h.eps, step);
+      s_sc = adamw_scalars<acc_t>(h, step);
       s_unscale = static_cast<acc_t>(grad_scale.present ? 1.0 / read_scalar(grad_scale) : 1.0);
     }
   }
@@ -316,7 +312,7 @@ void restore_adamw_cuda(at::TensorList params, at::TensorList backups, at::Tenso
   }
   table.upload(device);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  const AdamWHyper hyper{lr, beta1, beta2, weight_decay, eps};
+  const AdamWHyper hyper = adamw_hyper(lr, beta1, beta2, weight_decay, eps);
   for (const auto& g : groups) {
     check_grid(g.chunks);
     SLSAM_CUDA_DISPATCH_FLOATING(g.dtype, "slsam_restore_adamw_cuda", [&] {

@@ -68,16 +68,22 @@ static void test_perturb() {
 static void test_adamw() {
   // One step from m = v = 0, step 1: m = (1-b1) g, v = (1-b2) g^2, and the
   // bias-corrected update is lr * g / (|g| + eps') ~ lr * sign(g).
-  const auto s = slsam::adamw_scalars<double>(0.1, 0.9, 0.999, 0.0, 1e-8, 1.0);
+  const auto s = slsam::adamw_scalars<double>(slsam::adamw_hyper(0.1, 0.9, 0.999, 0.0, 1e-8), 1.0);
   double m = 0.0, v = 0.0;
   const double x = slsam::restore_adamw_element<double>(1.0, 2.0, m, v, s);
   CHECK(near(m, 0.2, 1e-15));
   CHECK(near(v, 0.004, 1e-15));
   CHECK(near(x, 1.0 - 0.1 * 2.0 / (2.0 + 1e-8), 1e-12));
   // Decoupled weight decay with a zero gradient: x0 * (1 - lr * wd).
-  const auto d = slsam::adamw_scalars<double>(0.1, 0.9, 0.999, 0.5, 1e-8, 3.0);
+  const auto d = slsam::adamw_scalars<double>(slsam::adamw_hyper(0.1, 0.9, 0.999, 0.5, 1e-8), 3.0);
   double m2 = 0.0, v2 = 0.0;
   CHECK(near(slsam::restore_adamw_element<double>(2.0, 0.0, m2, v2, d), 2.0 * 0.95, 1e-15));
+  // fp32: 1 - beta2, 1 - beta1 and 1 - lr * wd rounded once from double, as torch's
+  // Python scalars are (not 1.0f - 0.999f = 0.00099998713f).
+  const auto f = slsam::adamw_scalars<float>(slsam::adamw_hyper(1e-3, 0.9, 0.999, 0.01, 1e-8), 1.0);
+  CHECK(f.one_minus_beta2 == static_cast<float>(1.0 - 0.999));
+  CHECK(f.one_minus_beta1 == static_cast<float>(1.0 - 0.9));
+  CHECK(f.decay == static_cast<float>(1.0 - 1e-3 * 0.01));
 }
 
 static double sum(const std::vector<double>& p) {

@@ -53,32 +53,59 @@ SLSAM_HD inline bool perturb_moves(acc_t scale) {
   return scale != acc_t(0) && is_finite(scale);
 }
 
-// Hyper-parameters of one AdamW step for one tensor; the bias corrections
-// depend on the tensor's own step count (sparse updates: every tensor has its
-// own count). acc_t is float for float/bf16/fp16 tensors, double for double.
+// AdamW's hyper-parameters as the kernels use them, formed in double on the
+// host. NOTE: 1 - beta1, 1 - beta2 and 1 - lr * weight_decay are formed in
+// double and rounded once, as torch.optim.AdamW's Python scalars are: formed in
+// fp32 from fp32 beta2 = 0.999, 1 - beta2 is 0.00099998713, which biased every
+// update by +6.6e-6 (relative) against torch.optim.AdamW.
+struct AdamWHyper {
+  double beta2;
+  double eps;
+  double lr;
+  double beta1;            // for the bias correction 1 - beta1^step
+  double one_minus_beta1;  // lerp weight of m
+  double one_minus_beta2;
+  double decay;            // 1 - lr * weight_decay
+};
+
+SLSAM_HD inline AdamWHyper adamw_hyper(double lr, double beta1, double beta2,
+                                       double weight_decay, double eps) {
+  AdamWHyper h;
+  h.beta2 = beta2;
+  h.eps = eps;
+  h.lr = lr;
+  h.beta1 = beta1;
+  h.one_minus_beta1 = 1.0 - beta1;
+  h.one_minus_beta2 = 1.0 - beta2;
+  h.decay = 1.0 - lr * weight_decay;
+  return h;
+}
+
+// The scalars of one AdamW step for one tensor, in acc_t (float for
+// float/bf16/fp16 tensors, double for double); the bias corrections depend on
+// the tensor's own step count (sparse updates: every tensor has its own count)
+// and are formed in double.
 template <typename acc_t>
 struct AdamWScalars {
-  acc_t lr;
-  acc_t beta1;
+  acc_t decay;            // 1 - lr * weight_decay
+  acc_t one_minus_beta1;
   acc_t beta2;
-  acc_t weight_decay;
+  acc_t one_minus_beta2;
   acc_t eps;
   acc_t step_size;        // lr / (1 - beta1^step)
   acc_t bias_corr2_sqrt;  // sqrt(1 - beta2^step)
 };
 
 template <typename acc_t>
-SLSAM_HD inline AdamWScalars<acc_t> adamw_scalars(double lr, double beta1, double beta2,
-                                                  double weight_decay, double eps,
-                                                  double step) {
+SLSAM_HD inline AdamWScalars<acc_t> adamw_scalars(const AdamWHyper& h, double step) {
   AdamWScalars<acc_t> s;
-  s.lr = static_cast<acc_t>(lr);
-  s.beta1 = static_cast<acc_t>(beta1);
-  s.beta2 = static_cast<acc_t>(beta2);
-  s.weight_decay = static_cast<acc_t>(weight_decay);
-  s.eps = static_cast<acc_t>(eps);
-  s.step_size = static_cast<acc_t>(lr / (1.0 - pow(beta1, step)));
-  s.bias_corr2_sqrt = static_cast<acc_t>(sqrt(1.0 - pow(beta2, step)));
+  s.decay = static_cast<acc_t>(h.decay);
+  s.one_minus_beta1 = static_cast<acc_t>(h.one_minus_beta1);
+  s.beta2 = static_cast<acc_t>(h.beta2);
+  s.one_minus_beta2 = static_cast<acc_t>(h.one_minus_beta2);
+  s.eps = static_cast<acc_t>(h.eps);
+  s.step_size = static_cast<acc_t>(h.lr / (1.0 - pow(h.beta1, step)));
+  s.bias_corr2_sqrt = static_cast<acc_t>(sqrt(1.0 - pow(h.beta2, step)));
   return s;
 }
 
@@ -90,11 +117,11 @@ template <typename acc_t>
 SLSAM_HD inline acc_t restore_adamw_element(acc_t x0, acc_t g, acc_t& m, acc_t& v,
                                             const AdamWScalars<acc_t>& s) {
   const acc_t one(1);
-  const acc_t x = x0 * (one - s.lr * s.weight_decay);
-  const acc_t w1 = one - s.beta1;
+  const acc_t x = x0 * s.decay;
+  const acc_t w1 = s.one_minus_beta1;
   // torch's lerp: start + w * (end - start) for w < 0.5, else end - (end - start) * (1 - w)
   m = w1 < acc_t(0.5) ? m + w1 * (g - m) : g - (g - m) * (one - w1);
-  v = s.beta2 * v + (one - s.beta2) * g * g;
+  v = s.beta2 * v + s.one_minus_beta2 * g * g;
   const acc_t denom = sqrt_of(v) / s.bias_corr2_sqrt + s.eps;
   return x - s.step_size * (m / denom);
 }
