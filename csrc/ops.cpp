@@ -4,8 +4,9 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(slsam, m) {
-  // Per-tensor L2 norms (fp32, shape [n]) and the global norm (fp32, shape
-  // []) of `grads`; with `weights`, the norms of weights.abs() * grads (ASAM).
+  // Per-tensor L2 norms (fp32, shape [n]) and the global norm (shape [], fp64
+  // when every grad is fp64, else fp32) of `grads`; with `weights`, the norms
+  // of weights.abs() * grads (ASAM).
   m.def("grad_norms(Tensor[] grads, Tensor[]? weights=None) -> (Tensor, Tensor)");
   // backups[i] = params[i]; params[i] += rho / (total_norm + 1e-12) * grads[i]
   // (* params[i]^2 when adaptive). A non-finite total_norm (or rho = 0) leaves

@@ -46,7 +46,9 @@ def grad_norms(
     *,
     device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Per-tensor L2 norms (fp32, ``[n]``) and the global L2 norm (fp32, ``[]``).
+    """Per-tensor L2 norms (fp32, ``[n]``) and the global L2 norm (``[]``; fp64 when
+    every gradient is fp64, so that fp64 weights are perturbed in their precision, else
+    fp32, where a norm beyond fp32's range reads as inf).
 
     With ``weights``, the norms of ``weights.abs() * grads`` (ASAM). An empty
     list gives empty norms and a zero global norm on ``device`` (default CPU).
@@ -175,8 +177,9 @@ def sample_mask(probs: Tensor, generator: torch.Generator | None = None) -> Tens
 @torch.library.register_fake("slsam::grad_norms")
 def _grad_norms_fake(grads: list[Tensor], weights: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
     g = grads[0]
+    all_double = all(t.dtype == torch.float64 for t in grads)
     return (g.new_empty((len(grads),), dtype=torch.float32),
-            g.new_empty((), dtype=torch.float32))
+            g.new_empty((), dtype=torch.float64 if all_double else torch.float32))
 
 
 @torch.library.register_fake("slsam::perturb_")

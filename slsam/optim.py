@@ -179,7 +179,10 @@ class SLSAM(torch.optim.Optimizer):
         self._generator.manual_seed(int(seed))
         self._probs = torch.full((n,), self.sparsity, dtype=torch.float64, device=self._device)
         self._skipped = torch.zeros((), dtype=torch.int64, device=self._device)
-        self._no_grad = torch.zeros(0, dtype=torch.float32, device=self._device)
+        # NOTE: an empty stand-in per dtype, for active arms without a gradient: an fp32
+        # one among fp64 gradients would turn their global norm into fp32.
+        self._no_grad = {dt: torch.zeros(0, dtype=dt, device=self._device)
+                         for dt in {p.dtype for p in self._arms}}
         self._pending: dict[str, Any] | None = None
         # Arms the user froze after construction (indices), and which arms should have
         # requires_grad now, to tell the user's freezing from our masking.
@@ -318,7 +321,8 @@ class SLSAM(torch.optim.Optimizer):
         self._drop_inactive_grads()
         arm_grads = [p.grad for p in self._active_arms]
         always = [p for p in self._always if p.grad is not None]
-        norm_inputs = [g if g is not None else self._no_grad for g in arm_grads]
+        norm_inputs = [g if g is not None else self._empty_grad(p)
+                       for p, g in zip(self._active_arms, arm_grads)]
         norm_inputs += [p.grad for p in always]
         self._check_grads(self._active)
         norms, total = ops.grad_norms(norm_inputs, device=self._device)
@@ -542,6 +546,12 @@ class SLSAM(torch.optim.Optimizer):
         for p, on in zip(self._arms, self._mask_list):
             if not on and p.grad is not None:
                 p.grad = None
+
+    def _empty_grad(self, p: Tensor) -> Tensor:
+        t = self._no_grad.get(p.dtype)
+        if t is None:
+            t = self._no_grad[p.dtype] = torch.zeros(0, dtype=p.dtype, device=self._device)
+        return t
 
     def _grad_scale(self, scaler: GradScaler | None) -> Tensor | None:
         """The loss scale the gradients carry: the scaler's, or GradScaler.step()'s attribute."""

@@ -30,7 +30,8 @@ def _opmath(t: Tensor) -> Tensor:
 def grad_norms(
     grads: Sequence[Tensor], weights: Sequence[Tensor] | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Per-tensor L2 norms (fp32, [n]) and the global norm (fp32, [])."""
+    """Per-tensor L2 norms (fp32, [n]) and the global norm ([], fp64 when every grad is
+    fp64, else fp32)."""
     device = grads[0].device if len(grads) else torch.device("cpu")
     if not len(grads):
         return torch.zeros(0, device=device), torch.zeros((), device=device)
@@ -41,7 +42,9 @@ def grad_norms(
             x = _opmath(weights[i]).abs() * x
         sq.append(x.double().square().sum() if x.dtype == torch.float64 else x.square().sum())
     sq_t = torch.stack([s.double() for s in sq])
-    return sq_t.sqrt().float(), sq_t.sum().sqrt().float()
+    total = sq_t.sum().sqrt()
+    all_double = all(g.dtype == torch.float64 for g in grads)
+    return sq_t.sqrt().float(), total if all_double else total.float()
 
 
 def perturb_scale(total_norm: Tensor, rho: float) -> Tensor:

@@ -191,7 +191,7 @@ def test_bad_rho_of_a_group_refused_at_construction():
 # ----- mixed adaptive flags: |w| weights only the adaptive groups' tensors -----
 
 
-@pytest.mark.parametrize("dtype", [torch.float32], ids=["fp32"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_mixed_adaptive_groups_perturb_like_the_hand_computation(dtype):
     model = mlp().to(dtype)
     ps = list(model.parameters())
@@ -420,3 +420,44 @@ def test_adamw_moments_match_fp64_torch_after_one_step():
     # torch: m = lerp(0, g, 1 - beta1), v = (1 - beta2) * g * g with the scalars from doubles
     assert torch.equal(m, torch.lerp(torch.zeros_like(g), g, 1 - HYPER["beta1"]))
     assert torch.equal(v, torch.zeros_like(g).mul(HYPER["beta2"]).addcmul(g, g, value=1 - HYPER["beta2"]))
+
+
+# ----- fp64 parameters are perturbed with an fp64 global norm -----
+
+
+def test_grad_norms_total_is_fp64_for_fp64_gradients():
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(s, generator=g, dtype=torch.float64) for s in [(70000,), (3, 5), (0,)]]
+    for fn in (ops.grad_norms, reference.grad_norms):
+        norms, total = fn(grads)
+        assert norms.dtype == torch.float32 and total.dtype == torch.float64
+        exact = torch.cat([t.flatten() for t in grads]).square().sum().sqrt()
+        assert abs(float(total) - float(exact)) <= 1e-14 * float(exact)
+    weights = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in grads]
+    assert ops.grad_norms(grads, weights)[1].dtype == torch.float64
+    mixed = grads[:1] + [grads[1].float()]
+    assert ops.grad_norms(mixed)[1].dtype == torch.float32
+    assert reference.grad_norms(mixed)[1].dtype == torch.float32
+    assert ops.grad_norms([t.float() for t in grads])[1].dtype == torch.float32
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])
+@pytest.mark.parametrize("sparsity", [1.0, 0.5])
+def test_fp64_parameters_are_perturbed_in_fp64(sparsity, adaptive):
+    model = mlp().double()
+    ps = list(model.parameters())
+    rho = 0.05
+    opt = slsam.SLSAM(model.parameters(), torch.optim.SGD, rho=rho, sparsity=sparsity, seed=0,
+                      adaptive=adaptive, lr=0.0)
+    x, y = mlp_batch(0)
+    F.cross_entropy(model(x.double()), y).backward()
+    active = [p for p in ps if p.grad is not None]
+    w = [p.detach().clone() for p in active]
+    g = [p.grad.clone() for p in active]
+    sq = sum(((wi.abs() * gi) if adaptive else gi).square().sum() for wi, gi in zip(w, g))
+    scale = rho / (sq.sqrt() + 1e-12)
+    expect = [wi + scale * (wi * wi * gi if adaptive else gi) for wi, gi in zip(w, g)]
+    opt.first_step()
+    for p, e in zip(active, expect):
+        torch.testing.assert_close(p.detach(), e, rtol=0, atol=4e-16 * float(e.abs().max()))
+    opt.second_step()

@@ -49,6 +49,9 @@ std::tuple<at::Tensor, at::Tensor> grad_norms_cpu(at::TensorList grads,
   });
 
   auto opts = at::TensorOptions().dtype(at::kFloat).device(at::kCPU);
+  // NOTE: the global norm of fp64 gradients stays fp64: it scales fp64 weights.
+  bool all_double = n > 0;
+  for (size_t i = 0; i < n; ++i) all_double = all_double && gs[i].scalar_type() == at::kDouble;
   at::Tensor norms = at::empty({static_cast<int64_t>(n)}, opts);
   float* np = norms.data_ptr<float>();
   double total = 0.0;
@@ -58,7 +61,8 @@ std::tuple<at::Tensor, at::Tensor> grad_norms_cpu(at::TensorList grads,
     np[t] = static_cast<float>(std::sqrt(s));
     total += s;
   }
-  return {norms, at::scalar_tensor(std::sqrt(total), opts)};
+  return {norms, at::scalar_tensor(std::sqrt(total), opts.dtype(all_double ? at::kDouble
+                                                                            : at::kFloat))};
 }
 
 }  // namespace

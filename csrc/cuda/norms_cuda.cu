@@ -87,11 +87,17 @@ __global__ void __launch_bounds__(kSumThreads)
 constexpr int kTotalThreads = 512;
 
 __global__ void __launch_bounds__(kTotalThreads)
-    total_kernel(const double* sums, int64_t n, float* total) {
+    total_kernel(const double* sums, int64_t n, float* total, double* total64) {
   double s = 0.0;
   for (int64_t t = threadIdx.x; t < n; t += blockDim.x) s += sums[t];
   s = block_sum(s);
-  if (threadIdx.x == 0) *total = static_cast<float>(sqrt(s));
+  if (threadIdx.x == 0) {
+    if (total64 != nullptr) {
+      *total64 = sqrt(s);
+    } else {
+      *total = static_cast<float>(sqrt(s));
+    }
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> grad_norms_cuda(at::TensorList grads,
@@ -139,7 +145,10 @@ std::tuple<at::Tensor, at::Tensor> grad_norms_cuda(at::TensorList grads,
   at::Tensor partials = at::empty({total_chunks}, f64);
   at::Tensor sums = at::empty({static_cast<int64_t>(n)}, f64);
   at::Tensor norms = at::empty({static_cast<int64_t>(n)}, f32);
-  at::Tensor total = at::empty({}, f32);
+  // NOTE: the global norm of fp64 gradients stays fp64: it scales fp64 weights.
+  bool all_double = true;
+  for (size_t i = 0; i < n; ++i) all_double = all_double && gs[i].scalar_type() == at::kDouble;
+  at::Tensor total = at::empty({}, all_double ? f64 : f32);
 
   for (const auto& g : groups) {
     check_grid(g.chunks);
@@ -163,9 +172,10 @@ std::tuple<at::Tensor, at::Tensor> grad_norms_cuda(at::TensorList grads,
       table.at<int64_t>(first_offset), static_cast<int64_t>(n), partials.const_data_ptr<double>(),
       sums.mutable_data_ptr<double>(), norms.mutable_data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  total_kernel<<<1, kTotalThreads, 0, stream>>>(sums.const_data_ptr<double>(),
-                                                static_cast<int64_t>(n),
-                                                total.mutable_data_ptr<float>());
+  total_kernel<<<1, kTotalThreads, 0, stream>>>(
+      sums.const_data_ptr<double>(), static_cast<int64_t>(n),
+      all_double ? nullptr : total.mutable_data_ptr<float>(),
+      all_double ? total.mutable_data_ptr<double>() : nullptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {norms, total};
 }
