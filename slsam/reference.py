@@ -72,9 +72,9 @@ def perturb_(
         x = _opmath(p)
         s = scale.to(x.dtype)
         moves = (s != 0) & torch.isfinite(s)
-        step = s * g.to(x.dtype)
-        if adaptive:
-            step = step * x * x
+        # NOTE: the kernels' association, ((s * x) * x) * g: x + step can cancel, and
+        # another order then shows as several ulp of the result
+        step = s * x * x * g.to(x.dtype) if adaptive else s * g.to(x.dtype)
         p.copy_(torch.where(moves, x + step, x))
 
 
@@ -119,7 +119,10 @@ def restore_adamw_(
 
         # NOTE: 1 - lr*wd, 1 - beta1, 1 - beta2 formed in double, rounded once (as torch)
         x = x * c(1.0 - lr * weight_decay)
-        mm = torch.lerp(mm, gg, c(1.0 - beta1))
+        # NOTE: torch's lerp formula written out: torch.lerp's vector path fuses it into an
+        # FMA, which the kernels (-ffp-contract=off, the same bits on every ISA) do not
+        w1 = c(1.0 - beta1)
+        mm = mm + w1 * (gg - mm) if float(w1) < 0.5 else gg - (gg - mm) * (c(1.0) - w1)
         vv = c(beta2) * vv + c(1.0 - beta2) * gg * gg
         step_size = c(lr / (1.0 - beta1**step))
         bc2_sqrt = c(math.sqrt(1.0 - beta2**step))

@@ -279,7 +279,6 @@ def test_dense_context_manager():
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        (dict(rho=0.0), "rho"),
         (dict(rho=-1.0), "rho"),
         (dict(sparsity=0.0), "sparsity"),
         (dict(sparsity=1.5), "sparsity"),
