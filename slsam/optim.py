@@ -48,6 +48,37 @@ def _check_group_rhos(groups: list[dict[str, Any]]) -> None:
                      fix=_RHO_FIX)
 
 
+def _check_no_shared_memory(groups: list[dict[str, Any]]) -> None:
+    """Refuse distinct parameters whose memory overlaps (tied weights as two Parameters).
+
+    NOTE: each would be backed up, perturbed and updated on its own, so the shared
+    weights would move twice and the restore of one would undo the other's step.
+    Views of one buffer that do not overlap are fine.
+    """
+    spans = []
+    for gi, g in enumerate(groups):
+        for k, p in enumerate(g["params"]):
+            if (not _trainable(p) or p.numel() == 0 or p.layout != torch.strided
+                    or p.device.type == "meta"):
+                continue
+            try:
+                base = p.untyped_storage().data_ptr()
+            except (RuntimeError, NotImplementedError):  # no plain storage (e.g. DTensor)
+                continue
+            size = p.element_size()
+            start = base + p.storage_offset() * size
+            extent = sum((n - 1) * st for n, st in zip(p.shape, p.stride())) + 1
+            spans.append((start, start + extent * size, f"param_groups[{gi}]['params'][{k}]",
+                          tuple(p.shape)))
+    spans.sort()
+    for (_, e0, n0, sh0), (s1, _, n1, sh1) in zip(spans, spans[1:]):
+        if s1 < e0:
+            raise ValueError(
+                f"{n0} (shape {sh0}) and {n1} (shape {sh1}) share memory: SLSAM would perturb "
+                "and update it twice per step. Tie weights by assigning one Parameter to both "
+                "modules (e.g. decoder.weight = encoder.weight), which is then listed once")
+
+
 # NOTE: set on an arm while SLSAM has turned its requires_grad off, so that an optimizer
 # built later on the same parameters (re-created in the same process, e.g. Lightning's
 # lr_find before fit) takes it as an arm again, not as a tensor the user froze, which
@@ -149,6 +180,7 @@ class SLSAM(torch.optim.Optimizer):
             raise ValueError("params are on the meta device (no data); materialise the model first "
                              "(e.g. model.to_empty(device='cpu') and initialise it), then create "
                              "the optimizer")
+        _check_no_shared_memory(self.param_groups)
         not_float = sorted({str(p.dtype) for p in trainable if not p.is_floating_point()})
         if not_float:
             raise TypeError(f"SLSAM supports float32/float64/bfloat16/float16 parameters, got "
@@ -253,6 +285,16 @@ class SLSAM(torch.optim.Optimizer):
             raise NotImplementedError(
                 "SLSAM's arms are fixed at construction; create a new optimizer "
                 "with all param groups instead of calling add_param_group")
+        params = param_group.get("params")
+        if isinstance(params, Tensor):
+            params = [params]
+        if params is not None and not isinstance(params, set):  # torch refuses sets itself
+            # NOTE: a tensor listed twice (tied weights listed by hand) would be backed up,
+            # perturbed and updated twice per step; keep its first occurrence.
+            unique: dict[int, Tensor] = {}
+            for t in params:
+                unique.setdefault(id(t), t)
+            param_group = {**param_group, "params": list(unique.values())}
         super().add_param_group(param_group)
 
     # ----- the step -----

@@ -1,0 +1,81 @@
+"""Real training loops: tied and duplicated parameters, masks the loss cannot use,
+load_state_dict() against the constructor's settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import slsam
+
+
+def batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(32, 8, generator=g)
+    return x, (x[:, 0] > 0).long()
+
+
+def closure_for(model: nn.Module, opt: torch.optim.Optimizer, seed: int):
+    x, y = batch(seed)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+class Tied(nn.Module):
+    """Encoder and decoder share one weight (one Parameter, as nn.Module tying does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc = nn.Linear(8, 8)
+        self.dec = nn.Linear(8, 8)
+        self.dec.weight = self.enc.weight
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.dec(torch.tanh(self.enc(x)))))
+
+
+# ----- tied and duplicated parameters -----
+
+
+@pytest.mark.parametrize("base", [torch.optim.AdamW, torch.optim.SGD], ids=["adamw", "sgd"])
+def test_parameter_listed_twice_is_perturbed_and_updated_once(base):
+    runs = []
+    for listing in ("once", "twice"):
+        model = Tied()
+        ps = list(model.parameters())  # the tied weight once
+        if listing == "twice":  # e.g. collected per module by hand
+            ps = [model.enc.weight, model.enc.bias, model.dec.weight, model.dec.bias,
+                  *model.head.parameters()]
+        opt = slsam.SAM(ps, base, rho=0.05, lr=1e-2)
+        assert len(opt.arms) == 5
+        for i in range(4):
+            opt.step(closure_for(model, opt, i))
+        runs.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_distinct_parameters_sharing_memory_are_refused():
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 8)
+    alias = nn.Parameter(lin.weight.data)  # another Parameter on the same memory
+    other = nn.Parameter(torch.randn(3))
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\].*share memory"):
+        slsam.SLSAM([lin.weight, lin.bias, other, alias])
+    part = nn.Parameter(lin.weight.data[2:5])  # an overlapping view
+    with pytest.raises(ValueError, match="share memory"):
+        slsam.SLSAM([{"params": [lin.weight]}, {"params": [part]}])
+    assert lin.weight.requires_grad and part.requires_grad
+    flat = torch.zeros(20)  # views of one buffer that do not overlap are fine
+    a, b = nn.Parameter(flat[:10]), nn.Parameter(flat[10:])
+    slsam.SLSAM([a, b], sparsity=0.5)
