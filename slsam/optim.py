@@ -38,6 +38,9 @@ def _check_range(name: str, value: float, low: float, high: float, *, low_open: 
         raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}; {fix}")
 
 
+# torch's message when backward() finds nothing that requires grad
+_NO_GRAD_FN = "does not require grad and does not have a grad_fn"
+
 _RHO_FIX = "use rho >= 0, e.g. rho=0.05 (rho=0 is the base optimizer alone)"
 
 
@@ -332,7 +335,7 @@ class SLSAM(torch.optim.Optimizer):
         loss0 = None
         try:
             if not any(p.grad is not None for p in self._active):
-                loss0 = self._call_closure(closure, "first")
+                loss0 = self._first_pass(closure)
             self.first_step(scaler=scaler)
         except BaseException:
             # NOTE: nothing has moved (first_step validates before it writes and undoes a
@@ -620,6 +623,33 @@ class SLSAM(torch.optim.Optimizer):
             if g.device != device and g.numel():
                 raise ValueError(f"a gradient is on {g.device} but the parameters are on "
                                  f"{device}; keep model and gradients on one device")
+
+    def _first_pass(self, closure: Closure) -> Tensor:
+        """The closure's first pass, on a mask the loss can use.
+
+        NOTE: when every sampled tensor is one the loss does not use, nothing in the graph
+        requires grad and backward() raises; the optimizer must not be stuck on its own
+        draw. It draws again (a few times), then tries with every arm active; if that
+        fails too, the loss uses none of them and the error is the closure's own.
+        """
+        redraws = 8
+        gen_state, mask = self._generator.get_state(), self._mask
+        for attempt in range(redraws + 2):
+            try:
+                return self._call_closure(closure, "first")
+            except RuntimeError as e:
+                if (_NO_GRAD_FN not in str(e) or self.mask_mode != "requires_grad"
+                        or not self._sparse or attempt > redraws):
+                    if attempt:  # the closure's own error: leave the mask as it was
+                        self._generator.set_state(gen_state)
+                        self._set_mask(mask)
+                    raise
+                self._clear_grads()
+                if attempt < redraws:
+                    self._set_mask(ops.sample_mask(self._probs, self._generator))
+                else:
+                    self._set_mask(torch.ones_like(self._mask))
+        raise AssertionError("unreachable")
 
     def _call_closure(self, closure: Closure, which: str) -> Tensor:
         with torch.enable_grad():

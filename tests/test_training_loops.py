@@ -79,3 +79,51 @@ def test_distinct_parameters_sharing_memory_are_refused():
     flat = torch.zeros(20)  # views of one buffer that do not overlap are fine
     a, b = nn.Parameter(flat[:10]), nn.Parameter(flat[10:])
     slsam.SLSAM([a, b], sparsity=0.5)
+
+
+# ----- a mask the loss cannot use never blocks the run -----
+
+
+class TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.used = nn.Linear(8, 2)
+        self.unused = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.used(x)
+
+
+def test_mask_of_only_unused_tensors_is_drawn_again():
+    model = TwoHeads()
+    opt = slsam.SLSAM(model.parameters(), sparsity=0.5, seed=0, lr=1e-2)
+    unused = [id(p) for p in model.unused.parameters()]
+    only_unused = torch.tensor([id(p) in unused for p in opt.arms])
+    used_before = [p.detach().clone() for p in model.used.parameters()]
+    unused_before = [p.detach().clone() for p in model.unused.parameters()]
+    for i in range(6):
+        opt._set_mask(only_unused.clone())  # the draw that used to block every step
+        opt.step(closure_for(model, opt, i))
+        assert not opt.perturbed
+    assert any(not torch.equal(p, b) for p, b in zip(model.used.parameters(), used_before))
+    for p, b in zip(model.unused.parameters(), unused_before):
+        assert torch.equal(p, b)
+    assert opt.skipped_steps == 0
+
+
+def test_loss_using_no_parameter_still_raises_and_changes_nothing():
+    model = TwoHeads()
+    opt = slsam.SLSAM(model.parameters(), sparsity=0.5, seed=0, lr=1e-2)
+    mask, gen = opt.mask, opt._generator.get_state()
+    x, _ = batch(0)
+
+    def closure() -> torch.Tensor:
+        loss = x.sum()  # no parameter at all: the closure's own error
+        loss.backward()
+        return loss
+
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        opt.step(closure)
+    assert torch.equal(opt.mask, mask) and torch.equal(opt._generator.get_state(), gen)
+    assert [p.requires_grad for p in opt.arms] == mask.tolist()
