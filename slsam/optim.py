@@ -517,14 +517,14 @@ class SLSAM(torch.optim.Optimizer):
         self._probs = extra["probs"].to(self._device, torch.float64).clone()
         self._generator.set_state(extra["generator"])
         self._skipped = extra["skipped_steps"].to(self._device).clone()
-        self.sparsity = float(extra["sparsity"])
-        self.alpha = float(extra["alpha"])
-        self.p_min = float(extra["p_min"])
-        self.normalize_loss = bool(extra["normalize_loss"])
-        self._k = self.sparsity * len(self._arms)
-        self._sparse = self._k < len(self._arms)
+        # NOTE: sparsity, alpha, p_min and normalize_loss stay the constructor's (saved for
+        # reference only), as torch keeps whatever lies outside param_groups; the saved
+        # probabilities are brought to this sparsity by the next bandit update.
         self._fused = self._fused_adamw_ok()
-        self._set_mask(extra["mask"].to(self._device, torch.bool))
+        mask = extra["mask"].to(self._device, torch.bool)
+        if not self._sparse:  # every arm, every step: a saved sparse mask does not apply
+            mask = torch.ones_like(mask)
+        self._set_mask(mask)
 
     # ----- internals -----
 

@@ -127,3 +127,27 @@ def test_loss_using_no_parameter_still_raises_and_changes_nothing():
         opt.step(closure)
     assert torch.equal(opt.mask, mask) and torch.equal(opt._generator.get_state(), gen)
     assert [p.requires_grad for p in opt.arms] == mask.tolist()
+
+
+# ----- load_state_dict keeps the constructor's settings -----
+
+
+def test_load_state_dict_keeps_the_constructors_sparsity_alpha_and_normalize_loss():
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(4)], nn.Linear(8, 2))
+    old = slsam.SLSAM(model.parameters(), sparsity=0.2, alpha=1e-3, p_min=1e-3, seed=0)
+    for i in range(2):
+        old.step(closure_for(model, old, i))
+    sd = old.state_dict()
+    new = slsam.SLSAM(model.parameters(), sparsity=0.6, alpha=1e-2, p_min=1e-2, seed=1,
+                      normalize_loss=True)
+    new.load_state_dict(sd)
+    assert (new.sparsity, new.alpha, new.p_min, new.normalize_loss) == (0.6, 1e-2, 1e-2, True)
+    assert torch.equal(new.probs, old.probs)  # the bandit state is the saved one
+    for i in range(3):
+        new.step(closure_for(model, new, 10 + i))
+    assert abs(float(new.probs.sum()) - 0.6 * len(new.arms)) < 1e-9  # at the new sparsity
+    dense = slsam.SAM(model.parameters())
+    dense.load_state_dict(sd)  # a sparse checkpoint into a dense optimizer: every arm
+    assert bool(dense.mask.all())
+    assert all(p.requires_grad for p in model.parameters())
