@@ -89,6 +89,19 @@ def _check_no_shared_memory(groups: list[dict[str, Any]]) -> None:
 _MASKED = "_slsam_masked"
 
 
+def _keep_mark_in_copies(p: Tensor) -> None:
+    """Make ``copy.deepcopy`` of ``p`` keep its attributes (the _MASKED mark).
+
+    NOTE: nn.Parameter.__deepcopy__ drops the instance's attributes, so a model copied
+    after a step (copy.deepcopy(model)) would hold masked-off arms that look frozen, and
+    an optimizer built on the copy would never train them. deepcopy looks __deepcopy__ up
+    on the instance: None there sends it to __reduce_ex__, which keeps the attributes
+    (pickling does already). Plain Parameters only (DTensor keeps its own copy).
+    """
+    if type(p) is torch.nn.Parameter and "__deepcopy__" not in vars(p):
+        p.__deepcopy__ = None  # type: ignore[method-assign,assignment]
+
+
 def _trainable(p: Tensor) -> bool:
     return p.requires_grad or getattr(p, _MASKED, False)
 
@@ -200,6 +213,9 @@ class SLSAM(torch.optim.Optimizer):
             if getattr(p, _MASKED, False):
                 p.requires_grad_(True)
                 setattr(p, _MASKED, False)
+        if mask_mode == "requires_grad":
+            for p in self._arms:
+                _keep_mark_in_copies(p)
         n = len(self._arms)
         self._k = self.sparsity * n
         self._sparse = self._k < n  # sparsity 1: every arm always on, no bandit

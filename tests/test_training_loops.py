@@ -1,7 +1,10 @@
 """Real training loops: tied and duplicated parameters, masks the loss cannot use,
-load_state_dict() against the constructor's settings."""
+load_state_dict() against the constructor's settings, copies of a masked model."""
 
 from __future__ import annotations
+
+import copy
+import pickle
 
 import pytest
 import torch
@@ -151,3 +154,33 @@ def test_load_state_dict_keeps_the_constructors_sparsity_alpha_and_normalize_los
     dense.load_state_dict(sd)  # a sparse checkpoint into a dense optimizer: every arm
     assert bool(dense.mask.all())
     assert all(p.requires_grad for p in model.parameters())
+
+
+# ----- copies of a model an SLSAM has masked -----
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "deepcopy_twice", "pickle"])
+def test_optimizer_on_a_copied_model_trains_every_arm(how):
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(4)], nn.Linear(8, 2))
+    frozen = model[0].bias
+    frozen.requires_grad_(False)  # frozen by the user before construction: stays frozen
+    opt = slsam.SLSAM(model.parameters(), sparsity=0.3, seed=0, lr=1e-2)
+    for i in range(3):
+        opt.step(closure_for(model, opt, i))
+    assert not all(p.requires_grad for p in opt.arms)  # some masked off now
+    if how == "pickle":
+        copied = pickle.loads(pickle.dumps(model))
+    else:
+        copied = copy.deepcopy(model)
+        if how == "deepcopy_twice":
+            copied = copy.deepcopy(copied)
+    opt2 = slsam.SLSAM(copied.parameters(), sparsity=0.3, seed=0, lr=1e-2)
+    assert len(opt2.arms) == len(opt.arms) == 9
+    assert not copied[0].bias.requires_grad
+    with opt2.dense():
+        assert all(p.requires_grad for p in opt2.arms)
+    before = [p.detach().clone() for p in opt2.arms]
+    for i in range(30):
+        opt2.step(closure_for(copied, opt2, 10 + i))
+    assert all(not torch.equal(p.detach(), b) for p, b in zip(opt2.arms, before))
