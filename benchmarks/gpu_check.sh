@@ -56,8 +56,9 @@ $PY -c "import slsam, torch; print('cuda kernels:', slsam.ops.has_kernel('pertur
 
 log "CUDA tests"
 # No -x: a first run on a GPU should report every failing kernel, not the first.
-timeout 200 $PY -m pytest -q -p no:cacheprovider -rf --durations=10 tests/test_cuda.py \
-  > "$OUT/test_cuda.log" 2>&1
+# -m cuda: the CUDA cases of the operator tests (tests/test_ops.py) and the CUDA-only tests.
+timeout 200 $PY -m pytest -q -p no:cacheprovider -rf --durations=10 -m cuda \
+  tests/test_ops.py tests/test_cuda.py > "$OUT/test_cuda.log" 2>&1
 log "test_cuda rc=$? : $(tail -n 1 "$OUT/test_cuda.log")"
 grep -E "^FAILED" "$OUT/test_cuda.log" | head -n 40 | tee -a "$OUT/summary.txt"
 
