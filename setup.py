@@ -60,7 +60,6 @@ def extension():
         # from the CPU kernels and torch.optim.AdamW; these kernels are
         # memory-bound and gain nothing from it.
         args["nvcc"] = ["-O3", "-lineinfo"]
-        cxx.append("-DSLSAM_WITH_CUDA")
         kind = CUDAExtension
     return kind(
         "slsam._C",

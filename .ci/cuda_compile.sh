@@ -84,11 +84,13 @@ import slsam
 here = os.path.realpath(os.getcwd())
 assert os.path.realpath(slsam._C.__file__).startswith(here), (
     f"imported {slsam._C.__file__}, not the CUDA build in {here}")
-ops = ["grad_norms", "perturb_", "restore_", "restore_adamw_", "bandit_update_", "sample_mask"]
-for key in ("CPU", "CUDA"):
-    missing = [op for op in ops
-               if not torch._C._dispatch_has_kernel_for_dispatch_key(f"slsam::{op}", key)]
-    assert not missing, f"no {key} kernel for {missing}"
+# Every operator slsam.ops wraps (a public wrapper named like its operator).
+ops = [name for name in vars(slsam.ops)
+       if not name.startswith("_") and hasattr(torch.ops.slsam, name)]
+assert len(ops) >= 6, f"found only the operators {ops}"
+for device in ("cpu", "cuda"):
+    missing = [op for op in ops if not slsam.ops.has_kernel(op, device)]
+    assert not missing, f"no {device} kernel for {missing}"
 print(f"[cuda_compile] import ok: {slsam._C.__file__}; CPU and CUDA kernels registered; "
       f"GPU available: {torch.cuda.is_available()}")
 EOF

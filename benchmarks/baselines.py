@@ -29,7 +29,7 @@ Backups are preallocated once (a careful user does not allocate 1x the model
 per step); their memory is held for the optimizer's lifetime, as SAM needs it
 every step anyway.
 
-:class:`TorchSLSAM` is a faithful plain-PyTorch port of DESIGN.md section 1
+:class:`TorchSLSAM` is a faithful plain-PyTorch port of the algorithm (docs/design.md)
 (masks through ``requires_grad``, backups of the active tensors only, EXP3 with
 multiple plays and the capped projection from :mod:`slsam.reference`), i.e.
 what a user would write without slsam's kernels.
@@ -203,7 +203,7 @@ class TorchSAM(_SAMBase):
 
 
 class TorchSLSAM(_SAMBase):
-    """SL-SAM (DESIGN.md section 1) in plain PyTorch: foreach perturb/restore,
+    """SL-SAM (docs/design.md) in plain PyTorch: foreach perturb/restore,
     backups of the active tensors only, the bandit from :mod:`slsam.reference`.
 
     ``torch.optim.AdamW`` is created with ``fused=True`` unless told otherwise.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU check of issue 4, as one command for a lent GPU machine (the
+# The whole GPU check, as one command for a lent GPU machine (the
 # device tool's `run`, which has torch + nvcc but no package registry):
 # build the CUDA kernels in place, run the CUDA tests, then the kernel
 # bandwidth benchmark and the CUDA micro-benchmarks. Everything it prints or
@@ -52,12 +52,13 @@ fi
   grep -E "error|Error" "$OUT/build.log" | head -n 40 | tee -a "$OUT/summary.txt"
   log "BUILD FAILED: ${build[*]}"; exit 1; }
 log "built in $(($(date +%s) - start)) s"
-$PY -c "import slsam, torch; print('cuda kernels:', torch._C._dispatch_has_kernel_for_dispatch_key('slsam::perturb_', 'CUDA'))" | tee -a "$OUT/summary.txt"
+$PY -c "import slsam, torch; print('cuda kernels:', slsam.ops.has_kernel('perturb_', 'cuda'))" | tee -a "$OUT/summary.txt"
 
 log "CUDA tests"
 # No -x: a first run on a GPU should report every failing kernel, not the first.
-timeout 200 $PY -m pytest -q -p no:cacheprovider -rf --durations=10 tests/test_cuda.py \
-  > "$OUT/test_cuda.log" 2>&1
+# -m cuda: the CUDA cases of the operator tests (tests/test_ops.py) and the CUDA-only tests.
+timeout 200 $PY -m pytest -q -p no:cacheprovider -rf --durations=10 -m cuda \
+  tests/test_ops.py tests/test_cuda.py > "$OUT/test_cuda.log" 2>&1
 log "test_cuda rc=$? : $(tail -n 1 "$OUT/test_cuda.log")"
 grep -E "^FAILED" "$OUT/test_cuda.log" | head -n 40 | tee -a "$OUT/summary.txt"
 

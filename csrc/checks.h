@@ -8,6 +8,11 @@
 #include <string>
 #include <vector>
 
+// The dtypes every kernel computes in, CPU and CUDA (what check_float_tensor
+// lets through, less the float8 types, which the dispatch refuses).
+#define SLSAM_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
 namespace slsam {
 
 inline void check_float_tensor(const at::Tensor& t, const char* name, size_t i) {

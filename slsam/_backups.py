@@ -3,7 +3,7 @@
 NOTE: on CPU a fresh ``torch.empty_like`` of a large tensor is freshly mapped
 memory (glibc serves allocations over its mmap threshold, 128 KiB by default,
 with mmap), so the perturb kernel that first writes it pays a page fault per
-4 KiB: measured ~20 ms a step on MiniLM, 20-30% of the optimizer-side time.
+4 KiB: a fifth to a third of the optimizer-side time on MiniLM (benchmarks/README.md).
 The pool keeps one byte buffer, as large as the largest set of large backups
 so far, and hands out views of it laid out like the parameters. Small tensors
 come from the heap, which reuses them without faults, and a view costs more
@@ -96,9 +96,9 @@ class BackupPool:
         """The last call's tensors, with the same dtypes, shapes and strides.
 
         NOTE: compares against the layouts saved on the last miss instead of
-        building a key per call: a key over 10,000 tensors cost ~35 ms a step
-        (measured 2026-12-02, 2-core Xeon VM), mostly because the 10,000 shape tuples
-        it retains set off the garbage collector; shapes that die at once cost ~0.1 us.
+        building a key per call: a key over 10,000 tensors costs tens of ms a step
+        (benchmarks/README.md), mostly because the 10,000 shape tuples it retains set
+        off the garbage collector; shapes that die at once cost next to nothing.
         """
         assert self._last is not None
         last = self._last[0]

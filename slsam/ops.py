@@ -2,14 +2,15 @@
 
 Each wrapper calls the compiled kernel for the tensors' device when one is
 registered (CPU always; CUDA when the extension was built with it), and the
-plain-PyTorch twin in :mod:`slsam.reference` otherwise. The fake (meta)
-implementations registered here let the operators run under ``torch.compile``
-and ``torch.library.opcheck``.
+plain-PyTorch twin in :mod:`slsam.reference` otherwise (:func:`_dispatch`).
+Each operator's fake (meta) implementation, registered under its wrapper, lets
+it run under ``torch.compile`` and ``torch.library.opcheck``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,23 +22,43 @@ from slsam import (
 )
 
 _OPS = torch.ops.slsam
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
 
 def has_kernel(op: str, device: torch.device | str) -> bool:
     """Whether ``slsam::<op>`` has a compiled kernel for ``device``'s type."""
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(torch.device(device).type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"slsam::{op}", key)
+    key = _DISPATCH_KEYS.get(torch.device(device).type)
+    return key is not None and getattr(_OPS, op).default.has_kernel_for_dispatch_key(key)
 
 
-def _explain(err: NotImplementedError, **lists: Sequence[Tensor] | None) -> Exception:
-    """Turn the dispatcher's "no kernel for SparseCPU" into an error naming the input."""
-    for name, ts in lists.items():
-        for i, t in enumerate(ts or ()):
-            if t is not None and t.layout != torch.strided:
-                return ValueError(
-                    f"slsam: {name}[{i}] has layout {t.layout}; SAM needs dense gradients "
-                    "(e.g. nn.Embedding(sparse=False)) and dense parameters")
-    return err
+def _dispatch(op: str, device: torch.device, *args: Any, lists: Sequence[str] = ()) -> Any:
+    """``slsam::<op>(*args)`` on its kernel for ``device``, else ``reference.<op>(*args)``.
+
+    ``lists`` names the leading tensor-list arguments, so that the dispatcher's
+    "no kernel for SparseCPU" becomes an error naming the sparse input.
+    """
+    if not has_kernel(op, device):
+        return getattr(reference, op)(*args)
+    try:
+        return getattr(_OPS, op)(*args)
+    except NotImplementedError as err:
+        for name, ts in zip(lists, args):
+            for i, t in enumerate(ts or ()):
+                if t is not None and t.layout != torch.strided:
+                    raise ValueError(
+                        f"slsam: {name}[{i}] has layout {t.layout}; SAM needs dense gradients "
+                        "(e.g. nn.Embedding(sparse=False)) and dense parameters") from err
+        raise
+
+
+def _local(*lists: Sequence[Tensor]) -> list[list[Tensor]]:
+    """The lists as plain lists, DTensors (FSDP2) replaced by their local shards."""
+    if _dtensor.has_dtensor(lists[0]):
+        return [_dtensor.local(ts) for ts in lists]
+    return [list(ts) for ts in lists]
+
+
+# ----------------------------------------------------------------- grad_norms
 
 
 def grad_norms(
@@ -62,12 +83,18 @@ def grad_norms(
         local_w = _dtensor.local(w) if w is not None else None
         local_norms, _ = grad_norms(_dtensor.local(grads), local_w, device=device)
         return _dtensor.reduce_norms(local_norms, grads)
-    if has_kernel("grad_norms", grads[0].device):
-        try:
-            return _OPS.grad_norms(grads, w)
-        except NotImplementedError as e:
-            raise _explain(e, grads=grads, weights=w) from e
-    return reference.grad_norms(grads, w)
+    return _dispatch("grad_norms", grads[0].device, grads, w, lists=("grads", "weights"))
+
+
+@torch.library.register_fake("slsam::grad_norms")
+def _grad_norms_fake(grads: list[Tensor], weights: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    g = grads[0]
+    all_double = all(t.dtype == torch.float64 for t in grads)
+    return (g.new_empty((len(grads),), dtype=torch.float32),
+            g.new_empty((), dtype=torch.float64 if all_double else torch.float32))
+
+
+# ------------------------------------------------------------------- perturb_
 
 
 def perturb_(
@@ -85,27 +112,34 @@ def perturb_(
     """
     if not len(params):
         return
-    if _dtensor.has_dtensor(params):
-        params, grads, backups = (_dtensor.local(ts) for ts in (params, grads, backups))
-    if has_kernel("perturb_", params[0].device):
-        try:
-            _OPS.perturb_(list(params), list(grads), list(backups), total_norm, rho, adaptive)
-        except NotImplementedError as e:
-            raise _explain(e, params=params, grads=grads, backups=backups) from e
-    else:
-        reference.perturb_(params, grads, backups, total_norm, rho, adaptive)
+    ps, gs, bks = _local(params, grads, backups)
+    _dispatch("perturb_", ps[0].device, ps, gs, bks, total_norm, rho, adaptive,
+              lists=("params", "grads", "backups"))
+
+
+@torch.library.register_fake("slsam::perturb_")
+def _perturb_fake(params: list[Tensor], grads: list[Tensor], backups: list[Tensor],
+                  total_norm: Tensor, rho: float, adaptive: bool = False) -> None:
+    return None
+
+
+# ------------------------------------------------------------------- restore_
 
 
 def restore_(params: Sequence[Tensor], backups: Sequence[Tensor]) -> None:
     """``params = backups``, bit for bit."""
     if not len(params):
         return
-    if _dtensor.has_dtensor(params):
-        params, backups = _dtensor.local(params), _dtensor.local(backups)
-    if has_kernel("restore_", params[0].device):
-        _OPS.restore_(list(params), list(backups))
-    else:
-        reference.restore_(params, backups)
+    ps, bks = _local(params, backups)
+    _dispatch("restore_", ps[0].device, ps, bks, lists=("params", "backups"))
+
+
+@torch.library.register_fake("slsam::restore_")
+def _restore_fake(params: list[Tensor], backups: list[Tensor]) -> None:
+    return None
+
+
+# ------------------------------------------------------------- restore_adamw_
 
 
 def restore_adamw_(
@@ -130,19 +164,21 @@ def restore_adamw_(
     """
     if not len(params):
         return
-    if _dtensor.has_dtensor(params):
-        params, backups, grads, exp_avgs, exp_avg_sqs = (
-            _dtensor.local(ts) for ts in (params, backups, grads, exp_avgs, exp_avg_sqs))
-    args = (list(params), list(backups), list(grads), list(exp_avgs), list(exp_avg_sqs),
-            list(steps), float(lr), float(beta1), float(beta2), float(weight_decay), float(eps),
-            grad_scale, found_inf)
-    if has_kernel("restore_adamw_", params[0].device):
-        try:
-            _OPS.restore_adamw_(*args)
-        except NotImplementedError as e:
-            raise _explain(e, params=params, backups=backups, grads=grads) from e
-    else:
-        reference.restore_adamw_(*args)
+    ps, bks, gs, ms, vs = _local(params, backups, grads, exp_avgs, exp_avg_sqs)
+    _dispatch("restore_adamw_", ps[0].device, ps, bks, gs, ms, vs, list(steps), float(lr),
+              float(beta1), float(beta2), float(weight_decay), float(eps), grad_scale, found_inf,
+              lists=("params", "backups", "grads"))
+
+
+@torch.library.register_fake("slsam::restore_adamw_")
+def _restore_adamw_fake(params: list[Tensor], backups: list[Tensor], grads: list[Tensor],
+                        exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], steps: list[Tensor],
+                        lr: float, beta1: float, beta2: float, weight_decay: float, eps: float,
+                        grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> None:
+    return None
+
+
+# ------------------------------------------------------------- bandit_update_
 
 
 def bandit_update_(
@@ -158,53 +194,22 @@ def bandit_update_(
 
     ``norms`` (fp32) has one entry per true entry of ``mask``, in arm order.
     """
-    if has_kernel("bandit_update_", probs.device):
-        _OPS.bandit_update_(probs, mask, norms, found_inf, float(alpha), float(k), normalize)
-    else:
-        reference.bandit_update_(probs, mask, norms, found_inf, alpha, k, normalize)
-
-
-def sample_mask(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """A Bernoulli(``probs``) bool mask, resampled until at least one arm is active."""
-    if has_kernel("sample_mask", probs.device):
-        return _OPS.sample_mask(probs, generator)
-    return reference.sample_mask(probs, generator)
-
-
-# --- fake implementations: shapes and dtypes only, for torch.compile / opcheck ---
-
-
-@torch.library.register_fake("slsam::grad_norms")
-def _grad_norms_fake(grads: list[Tensor], weights: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
-    g = grads[0]
-    all_double = all(t.dtype == torch.float64 for t in grads)
-    return (g.new_empty((len(grads),), dtype=torch.float32),
-            g.new_empty((), dtype=torch.float64 if all_double else torch.float32))
-
-
-@torch.library.register_fake("slsam::perturb_")
-def _perturb_fake(params: list[Tensor], grads: list[Tensor], backups: list[Tensor],
-                  total_norm: Tensor, rho: float, adaptive: bool = False) -> None:
-    return None
-
-
-@torch.library.register_fake("slsam::restore_")
-def _restore_fake(params: list[Tensor], backups: list[Tensor]) -> None:
-    return None
-
-
-@torch.library.register_fake("slsam::restore_adamw_")
-def _restore_adamw_fake(params: list[Tensor], backups: list[Tensor], grads: list[Tensor],
-                        exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], steps: list[Tensor],
-                        lr: float, beta1: float, beta2: float, weight_decay: float, eps: float,
-                        grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> None:
-    return None
+    _dispatch("bandit_update_", probs.device, probs, mask, norms, found_inf, float(alpha),
+              float(k), normalize)
 
 
 @torch.library.register_fake("slsam::bandit_update_")
 def _bandit_update_fake(probs: Tensor, mask: Tensor, norms: Tensor, found_inf: Tensor | None,
                         alpha: float, k: float, normalize: bool = False) -> None:
     return None
+
+
+# ---------------------------------------------------------------- sample_mask
+
+
+def sample_mask(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """A Bernoulli(``probs``) bool mask, resampled until at least one arm is active."""
+    return _dispatch("sample_mask", probs.device, probs, generator)
 
 
 @torch.library.register_fake("slsam::sample_mask")

@@ -1,6 +1,6 @@
 """SLSAM and SAM optimizers: a thin Python layer over the slsam operators.
 
-One SL-SAM step (DESIGN.md §1): the active set S (sampled at the end of the
+One SL-SAM step (docs/design.md, "The algorithm"): the active set S (sampled at the end of the
 previous step) holds ``requires_grad``; first pass at x; per-tensor norms r
 and the global norm; perturb S by rho * g / ||g||; second pass at x + e;
 restore x exactly and take the base step with the second gradients (fused
@@ -85,7 +85,7 @@ def _check_no_shared_memory(groups: list[dict[str, Any]]) -> None:
 # NOTE: set on an arm while SLSAM has turned its requires_grad off, so that an optimizer
 # built later on the same parameters (re-created in the same process, e.g. Lightning's
 # lr_find before fit) takes it as an arm again, not as a tensor the user froze, which
-# would then never train (found by the fuzz test's state_dict round trip).
+# would then never train.
 _MASKED = "_slsam_masked"
 
 
@@ -601,8 +601,7 @@ class SLSAM(torch.optim.Optimizer):
 
         NOTE: also with mask_mode="requires_grad": an inactive arm can still hold a gradient
         (a backward inside ``dense()``, one left from before); a generic base optimizer's
-        step() would apply it to the inactive tensor, every step (found by tests/test_fuzz.py;
-        regression test in tests/test_faults.py).
+        step() would apply it to the inactive tensor, every step (tests/test_faults.py).
         """
         for p, on in zip(self._arms, self._mask_list):
             if not on and p.grad is not None:

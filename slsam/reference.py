@@ -5,9 +5,6 @@ where no kernel exists (e.g. CUDA tensors with a CPU-only build). Each
 function has the signature and the semantics of the operator of the same name
 in ``slsam.ops``; the in-place ones end in ``_``. Low-precision tensors are
 computed in fp32 ("opmath") and rounded once, like the kernels.
-
-``*_foreach`` variants are the fastest pure-PyTorch equivalents a careful user
-would write (``torch._foreach_*``); the benchmarks use them as baselines.
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-PERTURB_EPS = 1e-12
+PERTURB_EPS = 1e-12  # slsam::kPerturbEps (csrc/include/slsam/elementwise.h)
 PROB_FLOOR = 1e-8
 MAX_DRAWS = 1000
 
@@ -151,24 +148,6 @@ def bandit_weights(
     return torch.where(mask, p * torch.exp(-alpha * lhat / p), p)
 
 
-def authors_bandit_weights(
-    probs: Tensor, mask: Tensor, norms: Tensor, alpha: float, p_min: float
-) -> Tensor:
-    """The authors' literal loss, l = -(r/p)^2 + (L/p_min)^2, centred by its min.
-
-    Kept to show why the kernels use the cancelled form: in fp64 this agrees
-    with ``bandit_weights`` only while (L/p_min)^2 is small enough for the
-    subtraction to keep the differences.
-    """
-    p = probs.double()
-    r = torch.zeros_like(p)
-    r[mask] = norms.double()
-    big_l = r[mask].max()
-    loss = -((r / p) ** 2) + (big_l / p_min) ** 2
-    lhat = loss - loss[mask].min()
-    return torch.where(mask, p * torch.exp(-alpha * lhat / p), p)
-
-
 def capped_projection(w: Tensor, k: float) -> Tensor:
     """Exp3.M: p = min(1, c*w) with sum p = k, then clipped to [1e-8, 1]."""
     w = w.double()
@@ -221,24 +200,3 @@ def sample_mask(probs: Tensor, generator: torch.Generator | None = None) -> Tens
     mask = torch.zeros(n, dtype=torch.bool, device=probs.device)
     mask[int(torch.nan_to_num(probs, nan=-1.0).argmax())] = True
     return mask
-
-
-# --- foreach baselines (pure PyTorch, as fast as a careful user writes them) ---
-
-
-def grad_norms_foreach(grads: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    norms = torch.stack(torch._foreach_norm(list(grads), 2.0, dtype=torch.float32))
-    return norms, torch.linalg.vector_norm(norms)
-
-
-def perturb_foreach_(
-    params: Sequence[Tensor], grads: Sequence[Tensor], backups: Sequence[Tensor],
-    total_norm: Tensor, rho: float,
-) -> None:
-    torch._foreach_copy_(list(backups), list(params))
-    scaled = torch._foreach_mul(list(grads), perturb_scale(total_norm, rho).float())
-    torch._foreach_add_(list(params), scaled)
-
-
-def restore_foreach_(params: Sequence[Tensor], backups: Sequence[Tensor]) -> None:
-    torch._foreach_copy_(list(params), list(backups))

@@ -3,8 +3,87 @@ from __future__ import annotations
 import pytest
 import torch
 
+from slsam import ops
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 DTYPE_IDS = ["fp32", "bf16", "fp16"]
+
+# ----- the operator tests' devices and inputs (tests/test_ops.py, tests/test_cuda.py) -----
+
+CUDA_OK = torch.cuda.is_available() and ops.has_kernel("grad_norms", "cuda")
+NEEDS_CUDA = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not CUDA_OK, reason="needs a CUDA GPU and slsam built with CUDA kernels"),
+]
+# The CPU kernels always; the CUDA kernels where a GPU and a CUDA build are present.
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=NEEDS_CUDA)]
+
+CHUNK = 1 << 16  # slsam::kChunk (csrc/include/slsam/chunks.h)
+
+SIZES = {
+    "empty_tensor": [(0,), (3, 0)],
+    "one": [(1,)],
+    "odd": [(1023,), (CHUNK + 1,), (3, 5, 7)],  # CHUNK + 1 crosses a chunk boundary
+    "mixed_empty": [(5,), (0,), (17, 3)],
+    "many": [(int(s),) for s in torch.randint(1, 60, (1200,),
+                                              generator=torch.Generator().manual_seed(0))],
+    "large": [(1 << 21, 3)],
+}
+
+HYPER = dict(lr=1e-2, beta1=0.9, beta2=0.999, weight_decay=0.01, eps=1e-8)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """The device an operator test runs on: "cpu", and "cuda" when present."""
+    return request.param
+
+
+def make(shapes, dtype, seed=0, scale=1.0, device="cpu"):
+    """Seeded normal tensors of `shapes` (drawn in fp64 on the CPU, the same on every device)."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(s, generator=g, dtype=torch.float64) * scale).to(dtype).to(device)
+            for s in shapes]
+
+
+def f64(ts):
+    return [t.double() for t in ts]
+
+
+def cpu(ts):
+    return [t.cpu() for t in ts]
+
+
+def misaligned(t: torch.Tensor) -> torch.Tensor:
+    """The same values at storage offset 1 (data pointer off the vector alignment)."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buf[1:].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+def adamw_inputs(shapes, dtype, seed=0, device="cpu"):
+    """params, backups, grads, exp_avgs, exp_avg_sqs, steps (on `device`, like the optimizer's)."""
+    params = make(shapes, dtype, seed, device=device)
+    backups = make(shapes, dtype, seed + 1, device=device)
+    grads = make(shapes, dtype, seed + 2, device=device)
+    m = make(shapes, dtype, seed + 3, 0.1, device=device)
+    v = [t.abs() for t in make(shapes, dtype, seed + 4, 0.01, device=device)]
+    steps = [torch.tensor(float(i % 7), device=device) for i in range(len(shapes))]
+    return params, backups, grads, m, v, steps
+
+
+def run_adamw(fn, inputs, cast=None, device=None, **kw):
+    """fn (ops or reference restore_adamw_) on copies of `inputs`, optionally cast to
+    `cast` and moved to `device` (steps keep their dtype); returns the six lists."""
+    def conv(t):
+        t = t.clone() if cast is None else t.to(cast)
+        return t.to(device) if device is not None else t
+
+    ins = [[conv(t) for t in group] for group in inputs]
+    ins[5] = [s.clone() if device is None else s.to(device) for s in inputs[5]]
+    fn(*ins, **HYPER, **kw)
+    return ins
 
 
 def max_err(x: torch.Tensor, truth: torch.Tensor) -> float:

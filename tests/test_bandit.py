@@ -8,6 +8,23 @@ import torch
 from slsam import ops, reference
 
 
+def authors_bandit_weights(probs: torch.Tensor, mask: torch.Tensor, norms: torch.Tensor,
+                           alpha: float, p_min: float) -> torch.Tensor:
+    """The authors' literal loss, l = -(r/p)^2 + (L/p_min)^2, centred by its min.
+
+    Kept to show why the kernels use the cancelled form: in fp64 this agrees
+    with ``reference.bandit_weights`` only while (L/p_min)^2 is small enough
+    for the subtraction to keep the differences.
+    """
+    p = probs.double()
+    r = torch.zeros_like(p)
+    r[mask] = norms.double()
+    big_l = r[mask].max()
+    loss = -((r / p) ** 2) + (big_l / p_min) ** 2
+    lhat = loss - loss[mask].min()
+    return torch.where(mask, p * torch.exp(-alpha * lhat / p), p)
+
+
 def case(n, active, seed=0, norm_scale=1.0):
     g = torch.Generator().manual_seed(seed)
     probs = torch.rand(n, generator=g, dtype=torch.float64) * 0.5 + 0.05
@@ -85,7 +102,7 @@ def test_cancelled_loss_equals_authors_form_in_fp64():
     authors' form agrees in fp64, so the cancellation changes nothing but rounding."""
     probs, mask, norms = case(105, 21, norm_scale=1e-2)
     a = reference.bandit_weights(probs, mask, norms, 1e-3)
-    b = reference.authors_bandit_weights(probs, mask, norms, 1e-3, p_min=1e-3)
+    b = authors_bandit_weights(probs, mask, norms, 1e-3, p_min=1e-3)
     torch.testing.assert_close(a, b, rtol=1e-9, atol=0)
 
 

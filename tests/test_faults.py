@@ -1,4 +1,4 @@
-"""Faults and bad input never corrupt the weights (issue 7).
+"""Faults and bad input never corrupt the weights (README, "Guarantees").
 
 Non-finite gradients in either pass, exceptions inside the closure, misuse of the
 API and inputs the kernels refuse: after each, the weights, the base optimizer's

@@ -193,7 +193,7 @@ class CountingBackend:
 
 @pytest.mark.parametrize("mask_mode", ["grad", "requires_grad"])
 def test_compiled_model_matches_eager(mask_mode):
-    torch._dynamo.reset()
+    torch.compiler.reset()
     steps = 8
     eager, compiled_src = tiny_mlp(), tiny_mlp()
     o1 = slsam.SLSAM(eager.parameters(), lr=1e-2, sparsity=0.3, seed=3, mask_mode=mask_mode)

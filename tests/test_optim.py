@@ -1,4 +1,4 @@
-"""Behaviour of slsam.SLSAM and slsam.SAM (issue 3's list, on CPU)."""
+"""Behaviour of slsam.SLSAM and slsam.SAM on CPU (docs/design.md, "The API's rules")."""
 
 from __future__ import annotations
 

@@ -9,13 +9,10 @@
 
 #include <vector>
 
+#include "../checks.h"
 #include "slsam/chunks.h"
 
 namespace slsam::cpu {
-
-// Elements per chunk: large enough to amortise the per-chunk dispatch,
-// small enough to balance two to a few dozen threads.
-constexpr int64_t kChunk = 1 << 16;
 
 inline std::vector<int64_t> numels_of(at::TensorList tensors) {
   std::vector<int64_t> numels;
@@ -34,7 +31,3 @@ void for_each_chunk(at::TensorList tensors, Fn fn) {
 }
 
 }  // namespace slsam::cpu
-
-// The dtypes every kernel accepts.
-#define SLSAM_DISPATCH_FLOATING(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)

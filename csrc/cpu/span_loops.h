@@ -29,6 +29,13 @@
 
 namespace slsam::cpu {
 
+// NOTE: span_loops.inc is one source compiled twice into this translation
+// unit: included once here for the build's baseline target, and once below
+// inside a GCC/clang target region (AVX2 + FMA + F16C). Each copy lands in
+// its own namespace (baseline::Spans, avx2::Spans), so the same loops exist as
+// two sets of machine code side by side; with_span_isa() picks one per process.
+// That is why the .inc has no include guard and no includes of its own, and
+// why SLSAM_SPAN_F16C / SLSAM_SPAN_NS are (re)defined around each include.
 namespace baseline {
 #define SLSAM_SPAN_F16C 0
 #define SLSAM_SPAN_NS baseline

@@ -29,7 +29,7 @@ void perturb_cpu(at::TensorList params, at::TensorList grads, at::TensorList bac
   check_perturb_args(params, grads, backups, total_norm);
   std::vector<at::Tensor> gs;
   for (size_t i = 0; i < params.size(); ++i) gs.push_back(as_layout_of(grads[i], params[i]));
-  const double scale = perturb_scale<double>(scalar_of(total_norm), rho, 1e-12);
+  const double scale = perturb_scale<double>(scalar_of(total_norm), rho, kPerturbEps);
   with_span_isa([&](auto isa) {
     for_each_chunk(params, [&](int64_t t, int64_t b, int64_t e) {
       SLSAM_DISPATCH_FLOATING(params[t].scalar_type(), "perturb_cpu", [&] {

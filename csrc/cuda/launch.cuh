@@ -8,11 +8,12 @@
 // sync), and launches one grid per dtype present in the list. A block finds
 // its tensor by binary search over the records' first-chunk indices, so a
 // list of thousands of tensors is a handful of launches, not thousands, and
-// the table costs O(tensors) bytes, not O(chunks).
+// the table costs O(tensors) bytes, not O(chunks). launch_chunks (at the end)
+// does all of that; an op supplies its record type and a per-chunk functor.
 //
-// Rules kept here (DESIGN.md section 2): 64-bit sizes and offsets; empty
-// tensors have no record and no block; no float atomics (reductions have a
-// fixed order: see block_sum); memory only from the caching allocators.
+// Rules kept here (csrc/README.md): 64-bit sizes and offsets; empty tensors
+// have no record and no block; no float atomics (reductions have a fixed
+// order: see block_sum); memory only from the caching allocators.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -33,15 +34,10 @@
 
 namespace slsam::cuda {
 
-// Elements per block. Fixed, so the partition (and with it the order of every
-// reduction) never depends on the GPU model.
-constexpr int64_t kChunk = 1 << 16;
+// One block per chunk of slsam::kChunk elements (slsam/chunks.h, shared with
+// the CPU kernels).
 constexpr int kThreads = 512;  // threads per block of the chunk kernels
 constexpr int kILP = 4;        // contiguous elements per thread per iteration
-
-// The dtypes every kernel accepts (the CPU kernels' SLSAM_DISPATCH_FLOATING).
-#define SLSAM_CUDA_DISPATCH_FLOATING(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 // ---------------------------------------------------------------- host side
 
@@ -224,7 +220,7 @@ __device__ inline void load(T (&r)[kILP], const T* p, int64_t i, int64_t n) {
 
 // NOTE: the vector store goes through __stwb (st.global.wb, the default
 // write-back policy) on a native vector type: with a plain aggregate store
-// nvcc sometimes splits it into scalar stores (seen in the copy kernel), while
+// nvcc may split it into scalar stores, while
 // the intrinsic is always one 8- or 16-byte store.
 template <typename T>
 __device__ inline void store_vector(T* p, const T (&r)[kILP]) {
@@ -283,6 +279,67 @@ __device__ inline T block_sum(T v) {
     v = warp_sum(v);
   }
   return v;
+}
+
+// ------------------------------------------------------------- the launcher
+
+// The kernel of every chunk op: each block runs body on its chunk.
+template <typename scalar_t, typename Body>
+__global__ void __launch_bounds__(kThreads)
+    chunk_kernel(const typename Body::Entry* entries, int64_t n_entries, Body body) {
+  body.template run<scalar_t>(this_chunk(entries, n_entries));
+}
+
+// One multi-tensor operation over `tensors`: one record (Body::Entry) per
+// non-empty tensor, grouped by dtype, appended to `table` after the records
+// the op put there itself, one upload, then one grid per dtype group, a block
+// per chunk, each block calling body.run<scalar_t>(its ChunkOf<Entry>).
+// make_entry(i) fills the record's pointers for tensors[i]; numel and
+// chunk_first are set here. `table` stays the caller's, so launches after this
+// one can read the op's own records from the same upload.
+//
+// Body: a trivially copyable struct (it is a kernel argument) with
+//   using Entry = ...;  // POD record with `int64_t numel, chunk_first`
+//   template <typename scalar_t> __device__ void run(const ChunkOf<Entry>&) const;
+// run is called by every thread of the block (it may use __shared__ and
+// __syncthreads()).
+template <typename Body, typename MakeEntry>
+void launch_chunks(at::TensorList tensors, const at::Device& device, DeviceTable& table,
+                   MakeEntry&& make_entry, const Body& body) {
+  using Entry = typename Body::Entry;
+  static_assert(std::is_trivially_copyable<Body>::value, "Body is a kernel argument");
+  auto groups = group_by_dtype(tensors);
+  for (auto& g : groups) {
+    std::vector<Entry> entries;
+    entries.reserve(g.members.size());
+    for (size_t k = 0; k < g.members.size(); ++k) {
+      Entry e = make_entry(g.members[k]);
+      e.numel = tensors[g.members[k]].numel();
+      e.chunk_first = g.chunk_first[k];
+      entries.push_back(e);
+    }
+    g.table_offset = table.add(entries);
+  }
+  table.upload(device);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  for (const auto& g : groups) {
+    check_grid(g.chunks);
+    const auto* entries = table.at<Entry>(g.table_offset);
+    const auto n_entries = static_cast<int64_t>(g.members.size());
+    SLSAM_DISPATCH_FLOATING(g.dtype, "slsam_launch_chunks", [&] {
+      chunk_kernel<scalar_t, Body><<<static_cast<unsigned>(g.chunks), kThreads, 0, stream>>>(
+          entries, n_entries, body);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+}
+
+// launch_chunks for an op that uploads nothing else.
+template <typename Body, typename MakeEntry>
+void launch_chunks(at::TensorList tensors, const at::Device& device, MakeEntry&& make_entry,
+                   const Body& body) {
+  DeviceTable table;
+  launch_chunks(tensors, device, table, static_cast<MakeEntry&&>(make_entry), body);
 }
 
 #endif  // __CUDACC__

@@ -1,7 +1,7 @@
 // Per-tensor and global L2 norms of a tensor list on CUDA.
 //
 // NOTE: deterministic, with no float atomics, in three launches:
-//   1. sumsq_kernel: one block per chunk writes the chunk's sum of squares
+//   1. SumSquares (launch_chunks): one block per chunk writes the chunk's sum of squares
 //      (opmath accumulation: fp32 for fp32/bf16/fp16, fp64 for fp64; a fixed
 //      thread->element map and a fixed block tree) as one fp64 partial;
 //   2. tensor_sums_kernel: one warp per tensor adds its partials, lane l taking
@@ -25,47 +25,52 @@ namespace {
 struct NormEntry {
   const void* g;
   const void* w;  // nullptr unless weighted (ASAM)
-  int64_t numel;
-  int64_t chunk_first;    // within the launch
   int64_t partial_first;  // within the whole list (index into partials)
+  int64_t numel;
+  int64_t chunk_first;  // within the launch
 };
 
-template <typename scalar_t, bool kWeighted>
-__global__ void __launch_bounds__(kThreads)
-    sumsq_kernel(const NormEntry* entries, int64_t n_entries, double* partials) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const auto ch = this_chunk(entries, n_entries);
-  const scalar_t* g = static_cast<const scalar_t*>(ch.e.g) + ch.begin;
-  const scalar_t* w = kWeighted ? static_cast<const scalar_t*>(ch.e.w) + ch.begin : nullptr;
-  const bool vec = vec_ok<scalar_t>(g) && (!kWeighted || vec_ok<scalar_t>(w));
-  acc_t acc[kILP];
+// Pass 1: the chunk's sum of squares (of |w| * g when weighted) into its partial.
+template <bool kWeighted>
+struct SumSquares {
+  using Entry = NormEntry;
+  double* partials;
+
+  template <typename scalar_t>
+  __device__ void run(const ChunkOf<Entry>& ch) const {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* g = static_cast<const scalar_t*>(ch.e.g) + ch.begin;
+    const scalar_t* w = kWeighted ? static_cast<const scalar_t*>(ch.e.w) + ch.begin : nullptr;
+    const bool vec = vec_ok<scalar_t>(g) && (!kWeighted || vec_ok<scalar_t>(w));
+    acc_t acc[kILP];
 #pragma unroll
-  for (int j = 0; j < kILP; ++j) acc[j] = acc_t(0);
-  for_each_group(ch.n, vec, [&](int64_t i, auto full) {
-    constexpr bool kVec = decltype(full)::value;
-    scalar_t rg[kILP];
-    load<kVec>(rg, g, i, ch.n);
-    if constexpr (kWeighted) {
-      scalar_t rw[kILP];
-      load<kVec>(rw, w, i, ch.n);
+    for (int j = 0; j < kILP; ++j) acc[j] = acc_t(0);
+    for_each_group(ch.n, vec, [&](int64_t i, auto full) {
+      constexpr bool kVec = decltype(full)::value;
+      scalar_t rg[kILP];
+      load<kVec>(rg, g, i, ch.n);
+      if constexpr (kWeighted) {
+        scalar_t rw[kILP];
+        load<kVec>(rw, w, i, ch.n);
 #pragma unroll
-      for (int j = 0; j < kILP; ++j) {
-        const acc_t wj = static_cast<acc_t>(rw[j]);
-        const acc_t v = (wj < acc_t(0) ? -wj : wj) * static_cast<acc_t>(rg[j]);
-        acc[j] += v * v;
+        for (int j = 0; j < kILP; ++j) {
+          const acc_t wj = static_cast<acc_t>(rw[j]);
+          const acc_t v = (wj < acc_t(0) ? -wj : wj) * static_cast<acc_t>(rg[j]);
+          acc[j] += v * v;
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < kILP; ++j) {
+          const acc_t v = static_cast<acc_t>(rg[j]);
+          acc[j] += v * v;
+        }
       }
-    } else {
-#pragma unroll
-      for (int j = 0; j < kILP; ++j) {
-        const acc_t v = static_cast<acc_t>(rg[j]);
-        acc[j] += v * v;
-      }
-    }
-  });
-  acc_t s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-  s = block_sum(s);
-  if (threadIdx.x == 0) partials[ch.e.partial_first + ch.local] = static_cast<double>(s);
-}
+    });
+    acc_t s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    s = block_sum(s);
+    if (threadIdx.x == 0) partials[ch.e.partial_first + ch.local] = static_cast<double>(s);
+  }
+};
 
 constexpr int kSumThreads = 256;  // 8 warps: 8 tensors per block
 
@@ -124,22 +129,6 @@ std::tuple<at::Tensor, at::Tensor> grad_norms_cuda(at::TensorList grads,
   const std::vector<int64_t> first = chunk_offsets(numels, kChunk);
   const int64_t total_chunks = first.back();
 
-  auto groups = group_by_dtype(gs);
-  DeviceTable table;
-  const size_t first_offset = table.add(first);
-  for (auto& g : groups) {
-    std::vector<NormEntry> entries;
-    entries.reserve(g.members.size());
-    for (size_t k = 0; k < g.members.size(); ++k) {
-      const size_t i = g.members[k];
-      entries.push_back(NormEntry{gs[i].const_data_ptr(),
-                                  weighted ? ws[i].const_data_ptr() : nullptr, gs[i].numel(),
-                                  g.chunk_first[k], first[i]});
-    }
-    g.table_offset = table.add(entries);
-  }
-  table.upload(device);
-
   const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
   const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
   at::Tensor partials = at::empty({total_chunks}, f64);
@@ -150,20 +139,19 @@ std::tuple<at::Tensor, at::Tensor> grad_norms_cuda(at::TensorList grads,
   for (size_t i = 0; i < n; ++i) all_double = all_double && gs[i].scalar_type() == at::kDouble;
   at::Tensor total = at::empty({}, all_double ? f64 : f32);
 
-  for (const auto& g : groups) {
-    check_grid(g.chunks);
-    const auto* entries = table.at<NormEntry>(g.table_offset);
-    const auto n_entries = static_cast<int64_t>(g.members.size());
-    SLSAM_CUDA_DISPATCH_FLOATING(g.dtype, "slsam_grad_norms_cuda", [&] {
-      if (weighted) {
-        sumsq_kernel<scalar_t, true><<<static_cast<unsigned>(g.chunks), kThreads, 0, stream>>>(
-            entries, n_entries, partials.mutable_data_ptr<double>());
-      } else {
-        sumsq_kernel<scalar_t, false><<<static_cast<unsigned>(g.chunks), kThreads, 0, stream>>>(
-            entries, n_entries, partials.mutable_data_ptr<double>());
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+  DeviceTable table;
+  const size_t first_offset = table.add(first);
+  const auto entry = [&](size_t i) {
+    return NormEntry{gs[i].const_data_ptr(), weighted ? ws[i].const_data_ptr() : nullptr,
+                     first[i], 0, 0};
+  };
+  double* partials_ptr = partials.mutable_data_ptr<double>();
+  if (weighted) {
+    launch_chunks(gs, device, table, entry,
+                  SumSquares<true>{partials_ptr});
+  } else {
+    launch_chunks(gs, device, table, entry,
+                  SumSquares<false>{partials_ptr});
   }
   const int64_t warps_per_block = kSumThreads / 32;
   const int64_t sum_blocks = (static_cast<int64_t>(n) + warps_per_block - 1) / warps_per_block;

@@ -1,10 +1,11 @@
 // Fused perturb, restore and restore + AdamW on CUDA: one launch per dtype in
-// the list (see launch.cuh), the per-element math shared with the CPU kernels
-// (slsam/elementwise.h). Scalars that live on the device (total norm,
-// grad_scale, found_inf, steps) are read by the kernels, never by the host.
+// the list (launch_chunks, launch.cuh), the per-element math shared with the
+// CPU kernels (slsam/elementwise.h). Scalars that live on the device (total
+// norm, grad_scale, found_inf, steps) are read by the kernels, never by the host.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <vector>
 
 #include "launch.cuh"
@@ -12,6 +13,37 @@
 
 namespace slsam::cuda {
 namespace {
+
+// A bit-exact copy of a chunk: elements moved as unsigned words of their size.
+template <size_t kBytes>
+struct WordOf;
+template <>
+struct WordOf<2> {
+  using type = uint16_t;
+};
+template <>
+struct WordOf<4> {
+  using type = uint32_t;
+};
+template <>
+struct WordOf<8> {
+  using type = uint64_t;
+};
+
+template <typename scalar_t>
+__device__ inline void copy_chunk(void* dst_base, const void* src_base, int64_t begin,
+                                  int64_t n) {
+  using word_t = typename WordOf<sizeof(scalar_t)>::type;
+  word_t* dst = static_cast<word_t*>(dst_base) + begin;
+  const word_t* src = static_cast<const word_t*>(src_base) + begin;
+  const bool vec = vec_ok<word_t>(dst) && vec_ok<word_t>(src);
+  for_each_group(n, vec, [&](int64_t i, auto full) {
+    constexpr bool kVec = decltype(full)::value;
+    word_t r[kILP];
+    load<kVec>(r, src, i, n);
+    store<kVec>(dst, r, i, n);
+  });
+}
 
 // ------------------------------------------------------------------ perturb
 
@@ -23,39 +55,44 @@ struct PerturbEntry {
   int64_t chunk_first;
 };
 
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
-    perturb_kernel(const PerturbEntry* entries, int64_t n_entries, ScalarArg total_norm,
-                   double rho, bool adaptive) {
-  using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t s_scale;
-  if (threadIdx.x == 0) {
-    // In fp64, then rounded once, as the CPU kernel does.
-    s_scale = static_cast<acc_t>(perturb_scale<double>(read_scalar(total_norm), rho, 1e-12));
-  }
-  __syncthreads();
-  const acc_t scale = s_scale;
-  const bool moves = perturb_moves(scale);  // false: x stays bit for bit
-  const auto ch = this_chunk(entries, n_entries);
-  scalar_t* x = static_cast<scalar_t*>(ch.e.x) + ch.begin;
-  const scalar_t* g = static_cast<const scalar_t*>(ch.e.g) + ch.begin;
-  scalar_t* bk = static_cast<scalar_t*>(ch.e.backup) + ch.begin;
-  const bool vec = vec_ok<scalar_t>(x) && vec_ok<scalar_t>(g) && vec_ok<scalar_t>(bk);
-  for_each_group(ch.n, vec, [&](int64_t i, auto full) {
-    constexpr bool kVec = decltype(full)::value;
-    scalar_t rx[kILP], rg[kILP], out[kILP];
-    load<kVec>(rx, x, i, ch.n);
-    store<kVec>(bk, rx, i, ch.n);
-    if (!moves) return;  // this group only: the backup is written, x is left alone
-    load<kVec>(rg, g, i, ch.n);
-#pragma unroll
-    for (int j = 0; j < kILP; ++j) {
-      out[j] = static_cast<scalar_t>(perturb_element<acc_t>(
-          static_cast<acc_t>(rx[j]), static_cast<acc_t>(rg[j]), scale, adaptive));
+struct Perturb {
+  using Entry = PerturbEntry;
+  ScalarArg total_norm;
+  double rho;
+  bool adaptive;
+
+  template <typename scalar_t>
+  __device__ void run(const ChunkOf<Entry>& ch) const {
+    using acc_t = at::opmath_type<scalar_t>;
+    __shared__ acc_t s_scale;
+    if (threadIdx.x == 0) {
+      // In fp64, then rounded once, as the CPU kernel does.
+      s_scale = static_cast<acc_t>(
+          perturb_scale<double>(read_scalar(total_norm), rho, kPerturbEps));
     }
-    store<kVec>(x, out, i, ch.n);
-  });
-}
+    __syncthreads();
+    const acc_t scale = s_scale;
+    const bool moves = perturb_moves(scale);  // false: x stays bit for bit
+    scalar_t* x = static_cast<scalar_t*>(ch.e.x) + ch.begin;
+    const scalar_t* g = static_cast<const scalar_t*>(ch.e.g) + ch.begin;
+    scalar_t* bk = static_cast<scalar_t*>(ch.e.backup) + ch.begin;
+    const bool vec = vec_ok<scalar_t>(x) && vec_ok<scalar_t>(g) && vec_ok<scalar_t>(bk);
+    for_each_group(ch.n, vec, [&](int64_t i, auto full) {
+      constexpr bool kVec = decltype(full)::value;
+      scalar_t rx[kILP], rg[kILP], out[kILP];
+      load<kVec>(rx, x, i, ch.n);
+      store<kVec>(bk, rx, i, ch.n);
+      if (!moves) return;  // this group only: the backup is written, x is left alone
+      load<kVec>(rg, g, i, ch.n);
+#pragma unroll
+      for (int j = 0; j < kILP; ++j) {
+        out[j] = static_cast<scalar_t>(perturb_element<acc_t>(
+            static_cast<acc_t>(rx[j]), static_cast<acc_t>(rg[j]), scale, adaptive));
+      }
+      store<kVec>(x, out, i, ch.n);
+    });
+  }
+};
 
 void perturb_cuda(at::TensorList params, at::TensorList grads, at::TensorList backups,
                   const at::Tensor& total_norm, double rho, bool adaptive) {
@@ -70,31 +107,13 @@ void perturb_cuda(at::TensorList params, at::TensorList grads, at::TensorList ba
   for (size_t i = 0; i < n; ++i) gs.push_back(as_layout_of(grads[i], params[i]));
   at::Tensor keep;
   const ScalarArg norm = scalar_arg(total_norm, device, "total_norm", keep);
-
-  auto groups = group_by_dtype(params);
-  if (groups.empty()) return;
-  DeviceTable table;
-  for (auto& g : groups) {
-    std::vector<PerturbEntry> entries;
-    for (size_t k = 0; k < g.members.size(); ++k) {
-      const size_t i = g.members[k];
-      entries.push_back(PerturbEntry{params[i].data_ptr(), gs[i].const_data_ptr(),
-                                     backups[i].data_ptr(), params[i].numel(),
-                                     g.chunk_first[k]});
-    }
-    g.table_offset = table.add(entries);
-  }
-  table.upload(device);
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  for (const auto& g : groups) {
-    check_grid(g.chunks);
-    SLSAM_CUDA_DISPATCH_FLOATING(g.dtype, "slsam_perturb_cuda", [&] {
-      perturb_kernel<scalar_t><<<static_cast<unsigned>(g.chunks), kThreads, 0, stream>>>(
-          table.at<PerturbEntry>(g.table_offset), static_cast<int64_t>(g.members.size()), norm,
-          rho, adaptive);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
+  launch_chunks(
+      params, device,
+      [&](size_t i) {
+        return PerturbEntry{params[i].data_ptr(), gs[i].const_data_ptr(), backups[i].data_ptr(),
+                            0, 0};
+      },
+      Perturb{norm, rho, adaptive});
 }
 
 // ------------------------------------------------------------------ restore
@@ -106,53 +125,14 @@ struct CopyEntry {
   int64_t chunk_first;
 };
 
-// A bit-exact copy: elements moved as unsigned words of their size.
-template <typename word_t>
-__global__ void __launch_bounds__(kThreads)
-    copy_kernel(const CopyEntry* entries, int64_t n_entries) {
-  const auto ch = this_chunk(entries, n_entries);
-  word_t* dst = static_cast<word_t*>(ch.e.dst) + ch.begin;
-  const word_t* src = static_cast<const word_t*>(ch.e.src) + ch.begin;
-  const bool vec = vec_ok<word_t>(dst) && vec_ok<word_t>(src);
-  for_each_group(ch.n, vec, [&](int64_t i, auto full) {
-    constexpr bool kVec = decltype(full)::value;
-    word_t r[kILP];
-    load<kVec>(r, src, i, ch.n);
-    store<kVec>(dst, r, i, ch.n);
-  });
-}
+struct Copy {
+  using Entry = CopyEntry;
 
-// params[i] = srcs[i] for the listed tensors (already checked, same layout).
-void launch_copy(const std::vector<at::Tensor>& dsts, const std::vector<at::Tensor>& srcs,
-                 const at::Device& device) {
-  auto groups = group_by_dtype(dsts);
-  if (groups.empty()) return;
-  DeviceTable table;
-  for (auto& g : groups) {
-    std::vector<CopyEntry> entries;
-    for (size_t k = 0; k < g.members.size(); ++k) {
-      const size_t i = g.members[k];
-      entries.push_back(CopyEntry{dsts[i].data_ptr(), srcs[i].const_data_ptr(), dsts[i].numel(),
-                                  g.chunk_first[k]});
-    }
-    g.table_offset = table.add(entries);
+  template <typename scalar_t>
+  __device__ void run(const ChunkOf<Entry>& ch) const {
+    copy_chunk<scalar_t>(ch.e.dst, ch.e.src, ch.begin, ch.n);
   }
-  table.upload(device);
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  for (const auto& g : groups) {
-    check_grid(g.chunks);
-    const auto* entries = table.at<CopyEntry>(g.table_offset);
-    const auto n_entries = static_cast<int64_t>(g.members.size());
-    const auto blocks = static_cast<unsigned>(g.chunks);
-    switch (c10::elementSize(g.dtype)) {
-      case 2: copy_kernel<uint16_t><<<blocks, kThreads, 0, stream>>>(entries, n_entries); break;
-      case 4: copy_kernel<uint32_t><<<blocks, kThreads, 0, stream>>>(entries, n_entries); break;
-      case 8: copy_kernel<uint64_t><<<blocks, kThreads, 0, stream>>>(entries, n_entries); break;
-      default: TORCH_CHECK(false, "slsam: unsupported dtype ", g.dtype);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-}
+};
 
 void restore_cuda(at::TensorList params, at::TensorList backups) {
   const size_t n = params.size();
@@ -161,10 +141,13 @@ void restore_cuda(at::TensorList params, at::TensorList backups) {
   const at::Device device = params[0].device();
   TORCH_CHECK(device.is_cuda(), "slsam: params[0] is on ", device, "; expected a CUDA tensor");
   c10::cuda::CUDAGuard guard(device);
-  std::vector<at::Tensor> ps(params.begin(), params.end()), bks;
+  std::vector<at::Tensor> bks;
   bks.reserve(n);
   for (size_t i = 0; i < n; ++i) bks.push_back(as_layout_of(backups[i], params[i]));
-  launch_copy(ps, bks, device);
+  launch_chunks(
+      params, device,
+      [&](size_t i) { return CopyEntry{params[i].data_ptr(), bks[i].const_data_ptr(), 0, 0}; },
+      Copy{});
 }
 
 // ------------------------------------------------------------ restore_adamw
@@ -188,65 +171,63 @@ __device__ inline double read_step(const void* p, int64_t is_double) {
 
 // The step counts are read here and incremented afterwards by
 // increment_steps_kernel (stream order keeps the read before the write).
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
-    restore_adamw_kernel(const AdamWEntry* entries, int64_t n_entries, AdamWHyper h,
-                         ScalarArg grad_scale, ScalarArg found_inf) {
-  using acc_t = at::opmath_type<scalar_t>;
-  __shared__ AdamWScalars<acc_t> s_sc;
-  __shared__ acc_t s_unscale;
-  __shared__ bool s_skip;
-  const auto ch = this_chunk(entries, n_entries);
-  if (threadIdx.x == 0) {
-    s_skip = found_inf.present && read_scalar(found_inf) != 0.0;
-    if (!s_skip) {
-      const double step = read_step(ch.e.step, ch.e.step_is_double) + 1.0;
-      s_sc = adamw_scalars<acc_t>(h, step);
-      s_unscale = static_cast<acc_t>(grad_scale.present ? 1.0 / read_scalar(grad_scale) : 1.0);
+struct RestoreAdamW {
+  using Entry = AdamWEntry;
+  AdamWHyper h;
+  ScalarArg grad_scale;
+  ScalarArg found_inf;
+
+  template <typename scalar_t>
+  __device__ void run(const ChunkOf<Entry>& ch) const {
+    using acc_t = at::opmath_type<scalar_t>;
+    __shared__ AdamWScalars<acc_t> s_sc;
+    __shared__ acc_t s_unscale;
+    __shared__ bool s_skip;
+    if (threadIdx.x == 0) {
+      s_skip = found_inf.present && read_scalar(found_inf) != 0.0;
+      if (!s_skip) {
+        const double step = read_step(ch.e.step, ch.e.step_is_double) + 1.0;
+        s_sc = adamw_scalars<acc_t>(h, step);
+        s_unscale = static_cast<acc_t>(grad_scale.present ? 1.0 / read_scalar(grad_scale) : 1.0);
+      }
     }
-  }
-  __syncthreads();
-  scalar_t* x = static_cast<scalar_t*>(ch.e.x) + ch.begin;
-  const scalar_t* x0 = static_cast<const scalar_t*>(ch.e.x0) + ch.begin;
-  if (s_skip) {  // only the restore; moments and steps stay as they were
-    const bool vec = vec_ok<scalar_t>(x) && vec_ok<scalar_t>(x0);
+    __syncthreads();
+    if (s_skip) {  // only the restore; moments and steps stay as they were
+      copy_chunk<scalar_t>(ch.e.x, ch.e.x0, ch.begin, ch.n);
+      return;
+    }
+    const AdamWScalars<acc_t> sc = s_sc;
+    const acc_t unscale = s_unscale;
+    scalar_t* x = static_cast<scalar_t*>(ch.e.x) + ch.begin;
+    const scalar_t* x0 = static_cast<const scalar_t*>(ch.e.x0) + ch.begin;
+    const scalar_t* g = static_cast<const scalar_t*>(ch.e.g) + ch.begin;
+    scalar_t* m = static_cast<scalar_t*>(ch.e.m) + ch.begin;
+    scalar_t* v = static_cast<scalar_t*>(ch.e.v) + ch.begin;
+    const bool vec = vec_ok<scalar_t>(x) && vec_ok<scalar_t>(x0) && vec_ok<scalar_t>(g) &&
+                     vec_ok<scalar_t>(m) && vec_ok<scalar_t>(v);
     for_each_group(ch.n, vec, [&](int64_t i, auto full) {
       constexpr bool kVec = decltype(full)::value;
-      scalar_t r[kILP];
-      load<kVec>(r, x0, i, ch.n);
-      store<kVec>(x, r, i, ch.n);
-    });
-    return;
-  }
-  const AdamWScalars<acc_t> sc = s_sc;
-  const acc_t unscale = s_unscale;
-  const scalar_t* g = static_cast<const scalar_t*>(ch.e.g) + ch.begin;
-  scalar_t* m = static_cast<scalar_t*>(ch.e.m) + ch.begin;
-  scalar_t* v = static_cast<scalar_t*>(ch.e.v) + ch.begin;
-  const bool vec = vec_ok<scalar_t>(x) && vec_ok<scalar_t>(x0) && vec_ok<scalar_t>(g) &&
-                   vec_ok<scalar_t>(m) && vec_ok<scalar_t>(v);
-  for_each_group(ch.n, vec, [&](int64_t i, auto full) {
-    constexpr bool kVec = decltype(full)::value;
-    scalar_t rx0[kILP], rg[kILP], rm[kILP], rv[kILP], rx[kILP];
-    load<kVec>(rx0, x0, i, ch.n);
-    load<kVec>(rg, g, i, ch.n);
-    load<kVec>(rm, m, i, ch.n);
-    load<kVec>(rv, v, i, ch.n);
+      scalar_t rx0[kILP], rg[kILP], rm[kILP], rv[kILP], rx[kILP];
+      load<kVec>(rx0, x0, i, ch.n);
+      load<kVec>(rg, g, i, ch.n);
+      load<kVec>(rm, m, i, ch.n);
+      load<kVec>(rv, v, i, ch.n);
 #pragma unroll
-    for (int j = 0; j < kILP; ++j) {
-      acc_t mj = static_cast<acc_t>(rm[j]);
-      acc_t vj = static_cast<acc_t>(rv[j]);
-      const acc_t xj = restore_adamw_element<acc_t>(
-          static_cast<acc_t>(rx0[j]), static_cast<acc_t>(rg[j]) * unscale, mj, vj, sc);
-      rm[j] = static_cast<scalar_t>(mj);
-      rv[j] = static_cast<scalar_t>(vj);
-      rx[j] = static_cast<scalar_t>(xj);
-    }
-    store<kVec>(m, rm, i, ch.n);
-    store<kVec>(v, rv, i, ch.n);
-    store<kVec>(x, rx, i, ch.n);
-  });
-}
+      for (int j = 0; j < kILP; ++j) {
+        acc_t mj = static_cast<acc_t>(rm[j]);
+        acc_t vj = static_cast<acc_t>(rv[j]);
+        const acc_t xj = restore_adamw_element<acc_t>(
+            static_cast<acc_t>(rx0[j]), static_cast<acc_t>(rg[j]) * unscale, mj, vj, sc);
+        rm[j] = static_cast<scalar_t>(mj);
+        rv[j] = static_cast<scalar_t>(vj);
+        rx[j] = static_cast<scalar_t>(xj);
+      }
+      store<kVec>(m, rm, i, ch.n);
+      store<kVec>(v, rv, i, ch.n);
+      store<kVec>(x, rx, i, ch.n);
+    });
+  }
+};
 
 struct StepRef {
   void* ptr;
@@ -291,40 +272,24 @@ void restore_adamw_cuda(at::TensorList params, at::TensorList backups, at::Tenso
   const ScalarArg scale_arg = scalar_arg(grad_scale, device, "grad_scale", keep_scale);
   const ScalarArg inf_arg = scalar_arg(found_inf, device, "found_inf", keep_inf);
 
-  auto groups = group_by_dtype(params);
   DeviceTable table;
   std::vector<StepRef> step_refs(n);
   for (size_t i = 0; i < n; ++i) {
     step_refs[i] = StepRef{steps[i].data_ptr(), steps[i].scalar_type() == at::kDouble};
   }
   const size_t steps_offset = table.add(step_refs);
-  for (auto& g : groups) {
-    std::vector<AdamWEntry> entries;
-    for (size_t k = 0; k < g.members.size(); ++k) {
-      const size_t i = g.members[k];
-      entries.push_back(AdamWEntry{params[i].data_ptr(), bks[i].const_data_ptr(),
-                                   gs[i].const_data_ptr(), exp_avgs[i].data_ptr(),
-                                   exp_avg_sqs[i].data_ptr(), steps[i].const_data_ptr(),
-                                   steps[i].scalar_type() == at::kDouble, params[i].numel(),
-                                   g.chunk_first[k]});
-    }
-    g.table_offset = table.add(entries);
-  }
-  table.upload(device);
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  const AdamWHyper hyper = adamw_hyper(lr, beta1, beta2, weight_decay, eps);
-  for (const auto& g : groups) {
-    check_grid(g.chunks);
-    SLSAM_CUDA_DISPATCH_FLOATING(g.dtype, "slsam_restore_adamw_cuda", [&] {
-      restore_adamw_kernel<scalar_t><<<static_cast<unsigned>(g.chunks), kThreads, 0, stream>>>(
-          table.at<AdamWEntry>(g.table_offset), static_cast<int64_t>(g.members.size()), hyper,
-          scale_arg, inf_arg);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
+  launch_chunks(
+      params, device, table,
+      [&](size_t i) {
+        return AdamWEntry{params[i].data_ptr(),      bks[i].const_data_ptr(),
+                          gs[i].const_data_ptr(),    exp_avgs[i].data_ptr(),
+                          exp_avg_sqs[i].data_ptr(), steps[i].const_data_ptr(),
+                          steps[i].scalar_type() == at::kDouble, 0, 0};
+      },
+      RestoreAdamW{adamw_hyper(lr, beta1, beta2, weight_decay, eps), scale_arg, inf_arg});
   constexpr int kStepThreads = 256;
   const auto step_blocks = static_cast<unsigned>((n + kStepThreads - 1) / kStepThreads);
-  increment_steps_kernel<<<step_blocks, kStepThreads, 0, stream>>>(
+  increment_steps_kernel<<<step_blocks, kStepThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       table.at<StepRef>(steps_offset), static_cast<int64_t>(n), inf_arg);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -12,6 +12,12 @@
 
 namespace slsam {
 
+// Elements per chunk, on both devices: large enough to amortise a chunk's
+// dispatch (CPU) or launch share (CUDA), small enough to balance a few dozen
+// threads or fill a GPU. NOTE: fixed, so the partition, and with it the order of
+// every reduction, never depends on the machine.
+constexpr int64_t kChunk = 1 << 16;
+
 // NOTE: 64-bit everywhere: tensors over 2^31 elements are legal.
 SLSAM_HD inline int64_t num_chunks(int64_t numel, int64_t chunk_size) {
   return numel <= 0 ? 0 : (numel + chunk_size - 1) / chunk_size;

@@ -35,6 +35,9 @@ SLSAM_HD inline acc_t perturb_element(acc_t x, acc_t g, acc_t scale, bool adapti
   return adaptive ? x + scale * x * x * g : x + scale * g;
 }
 
+// The eps of the perturbation's rho / (||g|| + eps) (slsam.reference.PERTURB_EPS).
+constexpr double kPerturbEps = 1e-12;
+
 // Scale of the perturbation, rho / (||g|| + eps), read from the device-side
 // norm. A non-finite norm (NaN/inf gradients) gives 0: the weights are then
 // not moved at all, and the step is skipped later by found_inf.

@@ -6,6 +6,11 @@
 
 namespace slsam {
 
+// Elements summed per block of sum_squares; the CPU span loops
+// (csrc/cpu/span_loops.inc) convert and sum in blocks of the same size, so they
+// keep its association order.
+constexpr int64_t kBlock = 1024;
+
 // NOTE: two-level (cascade) summation. Within a block of kBlock elements, 8
 // independent acc_t lanes (vectorisable, ~kBlock/8 terms each, so fp32 lanes
 // lose almost nothing); blocks are then added in double. Error stays at the
@@ -14,7 +19,6 @@ namespace slsam {
 template <typename acc_t, typename Value>
 inline double sum_squares(int64_t n, Value value) {
   constexpr int kLanes = 8;
-  constexpr int64_t kBlock = 1024;
   double total = 0.0;
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t e = b + kBlock < n ? b + kBlock : n;
