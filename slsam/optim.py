@@ -307,7 +307,7 @@ class SLSAM(torch.optim.Optimizer):
         groups: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]] = []
         per_group = [[p for p in active if p.grad is not None] for active in self._active_by_group]
         backups = self._backups.take([p for ps in per_group for p in ps])
-        for group, ps in zip(self.param_groups, per_group):
+        for group, ps in zip(self.param_groups, per_group, strict=False):
             groups.append((group, ps, backups[: len(ps)]))
             backups = backups[len(ps):]
         if any(g["adaptive"] for g in self.param_groups):
@@ -450,10 +450,10 @@ class SLSAM(torch.optim.Optimizer):
 
     def _apply_mask(self) -> None:
         if self.mask_mode == "requires_grad":
-            for p, on in zip(self._arms, self._mask_list):
+            for p, on in zip(self._arms, self._mask_list, strict=False):
                 p.requires_grad_(on)
                 setattr(p, _MASKED, not on)
-        self._active_arms = [p for p, on in zip(self._arms, self._mask_list) if on]
+        self._active_arms = [p for p, on in zip(self._arms, self._mask_list, strict=False) if on]
         ids = {id(p) for p in self._active_arms} | {id(p) for p in self._always}
         self._active_by_group = [[p for p in g["params"] if id(p) in ids]
                                  for g in self.param_groups]
@@ -474,7 +474,7 @@ class SLSAM(torch.optim.Optimizer):
         step() would apply it to the inactive tensor, every step (found by tests/test_fuzz.py;
         regression test in tests/test_faults.py).
         """
-        for p, on in zip(self._arms, self._mask_list):
+        for p, on in zip(self._arms, self._mask_list, strict=False):
             if not on and p.grad is not None:
                 p.grad = None
 

@@ -81,7 +81,7 @@ def test_perturb_matches_reference(dtype, sizes, adaptive):
     out, out_bk = run(ops.perturb_, params, grads)
     ref, _ = run(reference.perturb_, params, grads)
     truth, _ = run(reference.perturb_, f64(params), f64(grads))
-    for b, p in zip(out_bk, params):
+    for b, p in zip(out_bk, params, strict=False):
         assert torch.equal(b, p), "backup is not an exact copy"
     assert_within_ref_error(out, ref, truth, dtype)
 
@@ -91,7 +91,7 @@ def test_perturb_nonfinite_norm_moves_nothing():
     before = [p.clone() for p in params]
     for bad in (float("nan"), float("inf")):
         ops.perturb_(params, grads, [torch.empty_like(p) for p in params], torch.tensor(bad), 0.05)
-        for p, b in zip(params, before):
+        for p, b in zip(params, before, strict=False):
             assert torch.equal(p, b)
 
 
@@ -100,7 +100,7 @@ def test_perturb_nonfinite_norm_moves_nothing():
 def test_restore_is_exact(dtype, sizes):
     params, backups = make(SIZES[sizes], dtype, 1), make(SIZES[sizes], dtype, 2)
     ops.restore_(params, backups)
-    for p, b in zip(params, backups):
+    for p, b in zip(params, backups, strict=False):
         assert torch.equal(p, b)
 
 
@@ -133,7 +133,7 @@ def test_restore_adamw_matches_reference(dtype, sizes):
     truth = run_adamw(reference.restore_adamw_, inputs, torch.float64)
     for i in (0, 3, 4):  # params, exp_avgs, exp_avg_sqs
         assert_within_ref_error(out[i], ref[i], truth[i], dtype)
-    for s_out, s_in in zip(out[5], inputs[5]):
+    for s_out, s_in in zip(out[5], inputs[5], strict=False):
         assert float(s_out) == float(s_in) + 1
 
 
@@ -147,14 +147,14 @@ def test_restore_adamw_fp32_equals_torch_adamw():
     vs = [torch.zeros_like(p) for p in params]
     steps = [torch.tensor(0.0) for _ in params]
     for it in range(3):
-        for p, g in zip(ref, grads):
+        for p, g in zip(ref, grads, strict=False):
             p.grad = g * (it + 1)
         opt.step()
         ops.restore_adamw_(params, backups, [g * (it + 1) for g in grads], ms, vs, steps,
                            **HYPER)
         backups = [p.clone() for p in params]
     # torch rounds in another order (addcdiv: (value * m) / denom): a few ulp apart
-    for p, r in zip(params, ref):
+    for p, r in zip(params, ref, strict=False):
         ulp = torch.finfo(torch.float32).eps * float(r.detach().abs().max())
         torch.testing.assert_close(p, r.detach(), rtol=0, atol=4 * ulp)
 
@@ -162,10 +162,10 @@ def test_restore_adamw_fp32_equals_torch_adamw():
 def test_restore_adamw_found_inf_only_restores():
     inputs = adamw_inputs([(10,), (4, 4)], torch.float32)
     out = run_adamw(ops.restore_adamw_, inputs, found_inf=torch.tensor(True))
-    for p, b in zip(out[0], inputs[1]):
+    for p, b in zip(out[0], inputs[1], strict=False):
         assert torch.equal(p, b)
     for i in (3, 4, 5):
-        for a, b in zip(out[i], inputs[i]):
+        for a, b in zip(out[i], inputs[i], strict=False):
             assert torch.equal(a, b), "state changed on a skipped step"
 
 
@@ -175,7 +175,7 @@ def test_restore_adamw_grad_scale_unscales():
     scaled[2] = [g * 1024 for g in inputs[2]]
     a = run_adamw(ops.restore_adamw_, inputs)
     b = run_adamw(ops.restore_adamw_, scaled, grad_scale=torch.tensor(1024.0))
-    for x, y in zip(a[0], b[0]):
+    for x, y in zip(a[0], b[0], strict=False):
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
 
 
