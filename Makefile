@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-installed
 BUILT  := $(VENV)/.slsam-built
-SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' -o -name '*.inc') setup.py
+SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' -o -name '*.inc') setup.py pyproject.toml slsam/_version.py
 
 .PHONY: demo test test-py test-cpp bench lint build clean
 
@@ -52,4 +52,4 @@ $(BUILT): $(DEPS) $(SOURCES)
 	touch $@
 
 clean:
-	rm -rf build slsam/_C*.so *.egg-info $(BUILT)
+	rm -rf build slsam/_C*.so slsam/_build_info.py *.egg-info $(BUILT)

@@ -6,6 +6,10 @@ SLSAM_BUILD_CUDA=auto|0|1 (default auto): the CUDA kernels are built when torch
 is a CUDA build and a toolkit is found (CUDA_HOME); 1 makes a missing toolkit
 an error, 0 builds the CPU kernels only. TORCH_CUDA_ARCH_LIST defaults to
 "9.0" (Hopper) when unset, since a machine without a GPU cannot guess it.
+
+Everything else about the package (metadata, version, dependencies) is in
+pyproject.toml. The build also writes slsam/_build_info.py beside slsam._C: the
+torch it was compiled against, which `import slsam` compares with the running one.
 """
 
 from __future__ import annotations
@@ -13,9 +17,21 @@ from __future__ import annotations
 import glob
 import os
 
-import torch
-from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+from setuptools import setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ModuleNotFoundError as e:
+    if e.name != "torch":
+        raise
+    # An isolated build (pip's default, python -m build's default) has no
+    # torch; say what to do instead of a bare ModuleNotFoundError.
+    raise SystemExit(
+        "slsam is compiled against the installed torch, and this build environment has none: "
+        "install torch first, then build in that environment without isolation "
+        "(pip install --no-build-isolation ..., python -m build --no-isolation)"
+    ) from None
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -71,14 +87,30 @@ def extension():
     )
 
 
+class BuildExt(BuildExtension):
+    """build_ext that records the torch slsam._C is compiled against."""
+
+    def run(self) -> None:
+        super().run()
+        path = self._build_info_path()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(
+                '"""Written by setup.py when slsam._C was built: the torch it was built against."""\n\n'
+                f"TORCH_VERSION = {str(torch.__version__)!r}\n"
+            )
+
+    def _build_info_path(self) -> str:
+        # Beside the extension wherever it lands: the package in the source
+        # tree for --inplace and editable installs, the build folder for wheels.
+        return os.path.join(os.path.dirname(self.get_ext_fullpath("slsam._C")), "_build_info.py")
+
+    def get_outputs(self) -> list[str]:
+        return [*super().get_outputs(), self._build_info_path()]
+
+
 setup(
-    name="slsam",
-    version="0.1.0",
-    description="Sparse Layer Sharpness-Aware Minimization (SL-SAM) for PyTorch, with fused C++/CUDA kernels",
-    packages=find_packages(include=["slsam", "slsam.*"]),
     ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": BuildExt},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},
-    python_requires=">=3.10",
-    install_requires=["numpy"],
 )

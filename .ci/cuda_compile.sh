@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# CUDA compile check (no GPU needed): builds slsam's CUDA kernels against a
-# CUDA build of torch, imports the package, checks that the CUDA kernels are
-# registered, and runs the test suite there (the CUDA tests skip without a GPU).
+# CUDA compile check (no GPU needed): builds slsam's sdist, installs it into a
+# venv with a CUDA build of torch (so the CUDA kernels are compiled from what
+# the sdist carries), imports the installed package, checks that the CUDA
+# kernels are registered, and runs the test suite against it (the CUDA tests
+# skip without a GPU).
 #
-# The build happens in a copy of the tree (build/cuda-tree), installed in its
-# own venv (.venv-cuda), so the CPU build in the source tree and .venv is never
-# touched. Suitable for CI: a clean clone, 2 cores, no GPU, registries reachable.
+# The install goes to its own venv (.venv-cuda) and the tests run from a copy
+# outside the source tree, so the CPU build in the tree and .venv is never
+# touched or imported. Suitable for CI: a clean clone, 2 cores, no GPU,
+# registries reachable.
 #
 # Environment: CUDA_HOME (default /usr/local/cuda), TORCH_CUDA_ARCH_LIST
 # (default 9.0), MAX_JOBS (default 2), SLSAM_CUDA_VENV (default .venv-cuda),
@@ -15,7 +18,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="${SLSAM_CUDA_VENV:-$ROOT/.venv-cuda}"
-TREE="$ROOT/build/cuda-tree"
+WORK="$ROOT/build/cuda-sdist"
 TORCH_SPEC="${SLSAM_CUDA_TORCH:-torch==2.14.1}"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
@@ -43,47 +46,63 @@ want = sys.argv[1].split("==")[-1]
 sys.exit(0 if torch.__version__.split("+")[0] == want and torch.version.cuda else 1)
 EOF
   log "installing $TORCH_SPEC (CUDA build) into $VENV"
-  "$VENV/bin/pip" install -q "$TORCH_SPEC" numpy pytest hypothesis ninja setuptools wheel
+  "$VENV/bin/pip" install -q "$TORCH_SPEC" numpy pytest hypothesis ninja "setuptools>=77" build
 fi
-"$VENV/bin/python" -c "import pytest, hypothesis, ninja, numpy" 2>/dev/null \
-  || "$VENV/bin/pip" install -q numpy pytest hypothesis ninja setuptools wheel
+"$VENV/bin/python" -c "import pytest, hypothesis, ninja, numpy, build" 2>/dev/null \
+  || "$VENV/bin/pip" install -q "$TORCH_SPEC" numpy pytest hypothesis ninja "setuptools>=77" build
 log "torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)')"
 
-# 2. A copy of the tree: tracked and untracked-but-not-ignored files, so no
-#    build output of the CPU build (slsam/_C*.so, build/) comes along.
-rm -rf "$TREE"
-mkdir -p "$TREE"
-if git rev-parse --is-inside-work-tree > /dev/null 2>&1; then
-  git ls-files -z --cached --others --exclude-standard \
-    | tar --null --ignore-failed-read -cf - -T - 2>/dev/null \
-    | tar -xf - -C "$TREE"
-else  # not a git checkout: everything but venvs, build outputs and caches
-  tar --exclude='./.venv*' --exclude=./build --exclude='*.so' --exclude='*.egg-info' \
-    --exclude=__pycache__ --exclude=.git -cf - . | tar -xf - -C "$TREE"
-fi
+# 2. The sdist, from the checkout as it is (MANIFEST.in keeps the CPU build's
+#    outputs out of it).
+rm -rf "$WORK"
+mkdir -p "$WORK/dist" "$WORK/run"
+"$VENV/bin/python" -m build --sdist --no-isolation --outdir "$WORK/dist" "$ROOT" > "$WORK/sdist.log" 2>&1 || {
+  tail -n 40 "$WORK/sdist.log" >&2
+  log "sdist failed (full log: $WORK/sdist.log)" >&2
+  exit 1
+}
+sdists=("$WORK"/dist/slsam-*.tar.gz)
+SDIST="${sdists[0]}"
+log "$(basename "$SDIST"): $(tar -tzf "$SDIST" | grep -vc '/$') files"
 
-# 3. Build and install the copy (editable) into the CUDA venv.
-cd "$TREE"
-log "building in $TREE (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
+# 3. Install the sdist (not editable) into the CUDA venv: --force-reinstall
+#    since the venv is kept between runs, --no-deps so that it cannot touch
+#    torch, --no-cache-dir so that no wheel built against another torch is reused.
+log "building from the sdist (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
 start=$(date +%s)
-"$VENV/bin/pip" install --no-build-isolation --no-deps -e . > "$TREE/build-cuda.log" 2>&1 || {
-  tail -n 80 "$TREE/build-cuda.log" >&2
-  log "build failed (full log: $TREE/build-cuda.log)" >&2
+(cd "$WORK/run" && "$VENV/bin/pip" install --no-build-isolation --no-deps --no-cache-dir --force-reinstall \
+  "$SDIST") > "$WORK/build-cuda.log" 2>&1 || {
+  tail -n 80 "$WORK/build-cuda.log" >&2
+  log "build failed (full log: $WORK/build-cuda.log)" >&2
   exit 1
 }
 log "built in $(($(date +%s) - start)) s"
 
+# The tests, what they import from the repository (examples/, benchmarks/)
+# and pytest's settings (pyproject.toml), copied out of the tree: only the
+# installed slsam can be imported there.
+cd "$ROOT"
+if git rev-parse --is-inside-work-tree > /dev/null 2>&1; then
+  git ls-files -z --cached --others --exclude-standard -- tests examples benchmarks pyproject.toml \
+    | tar --null --ignore-failed-read -cf - -T - 2>/dev/null \
+    | tar -xf - -C "$WORK/run"
+else
+  tar --exclude=__pycache__ -cf - tests examples benchmarks pyproject.toml | tar -xf - -C "$WORK/run"
+fi
+cd "$WORK/run"
+
 # 4. Import without a GPU, and the CUDA kernels are registered.
-"$VENV/bin/python" - <<'EOF'
+"$VENV/bin/python" - "$VENV" <<'EOF'
 import os
+import sys
 
 import torch
 
 import slsam
 
-here = os.path.realpath(os.getcwd())
-assert os.path.realpath(slsam._C.__file__).startswith(here), (
-    f"imported {slsam._C.__file__}, not the CUDA build in {here}")
+venv = os.path.realpath(sys.argv[1])
+assert os.path.realpath(slsam._C.__file__).startswith(venv + os.sep), (
+    f"imported {slsam._C.__file__}, not the CUDA build installed in {venv}")
 # Every operator slsam.ops wraps (a public wrapper named like its operator).
 ops = [name for name in vars(slsam.ops)
        if not name.startswith("_") and hasattr(torch.ops.slsam, name)]
@@ -95,6 +114,7 @@ print(f"[cuda_compile] import ok: {slsam._C.__file__}; CPU and CUDA kernels regi
       f"GPU available: {torch.cuda.is_available()}")
 EOF
 
-# 5. The tests, in the CUDA build (CUDA-marked tests skip without a GPU).
-log "pytest in the CUDA build"
+# 5. The tests against the installed CUDA build (CUDA-marked tests skip
+#    without a GPU; the sdist test skips outside a git checkout).
+log "pytest against the installed CUDA build"
 "$VENV/bin/python" -m pytest -q tests -x -p no:cacheprovider

@@ -121,7 +121,7 @@ def mean_over_seeds(rows: list[dict[str, float]]) -> dict[str, Any]:
 
 
 def collapsed_scales(scales: list[float], series: list[dict[str, Any]], n: int) -> list[float]:
-    return [sc for sc, row in zip(scales, series) if row["starved"] >= n / 2]
+    return [sc for sc, row in zip(scales, series, strict=False) if row["starved"] >= n / 2]
 
 
 def first_collapse(scales: list[float], series: list[dict[str, Any]], n: int) -> float | None:
@@ -151,7 +151,7 @@ def plot(path: Path, scales: list[float], res: dict[str, list[dict[str, Any]]],
     markers = {"authors": "o", "normalized": "s", "normalized_small_alpha": "^"}
     fig, axes2d = plt.subplots(2, 3, figsize=(13, 7.4))
     axes = axes2d.ravel()
-    for ax, (key, title, ylim) in zip(axes, panels):
+    for ax, (key, title, ylim) in zip(axes, panels, strict=False):
         for variant, rows in res.items():
             ax.plot(scales, [r[key] for r in rows], color=colors[variant], marker=markers[variant],
                     ms=3.5, lw=1.3, label=labels[variant])

@@ -172,7 +172,7 @@ class TorchSAM(_SAMBase):
             norms = [torch.linalg.vector_norm(g, 2, dtype=torch.float32) for g in gs]
             total = torch.linalg.vector_norm(torch.stack(norms))
             scale = self.rho / (float(total) + EPS)
-            for p, g, b in zip(ps, gs, bs):
+            for p, g, b in zip(ps, gs, bs, strict=False):
                 b.copy_(p)
                 p.add_(g, alpha=scale)
         elif self.impl in ("foreach", "fused"):
@@ -190,7 +190,7 @@ class TorchSAM(_SAMBase):
         ps = [self.params[i] for i in self._perturbed]
         bs = [self.backups[i] for i in self._perturbed]
         if self.impl == "loop":
-            for p, b in zip(ps, bs):
+            for p, b in zip(ps, bs, strict=False):
                 p.copy_(b)
         elif self.impl in ("foreach", "fused"):
             if ps:
@@ -232,8 +232,8 @@ class TorchSLSAM(_SAMBase):
 
     def _set_mask(self, mask: Tensor) -> None:
         self.mask = mask
-        self.active = [p for p, on in zip(self.arms, mask.tolist()) if on]
-        for p, on in zip(self.arms, mask.tolist()):
+        self.active = [p for p, on in zip(self.arms, mask.tolist(), strict=False) if on]
+        for p, on in zip(self.arms, mask.tolist(), strict=False):
             p.requires_grad_(on)
 
     def backup_bytes(self) -> int:

@@ -132,7 +132,7 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     """A plain fixed-width text table."""
     cols = [header, *rows]
     widths = [max(len(r[i]) for r in cols) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)),
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=False)),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
     return "\n".join(lines)

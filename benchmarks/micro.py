@@ -152,7 +152,7 @@ def bench_ops(b: Bench, n: int, total: int, dtype_name: str, seed: int) -> None:
     # perturb_ (the baselines read the scale once: .item(), then a scalar alpha)
     def perturb_loop() -> None:
         scale = rho / (float(total_norm) + 1e-12)
-        for p, g, bk in zip(params, grads, backups):
+        for p, g, bk in zip(params, grads, backups, strict=False):
             bk.copy_(p)
             p.add_(g, alpha=scale)
 
@@ -168,7 +168,7 @@ def bench_ops(b: Bench, n: int, total: int, dtype_name: str, seed: int) -> None:
 
     # restore_
     def restore_loop() -> None:
-        for p, bk in zip(params, backups):
+        for p, bk in zip(params, backups, strict=False):
             p.copy_(bk)
 
     b.time(lambda: ops.restore_(params, backups), case="restore_", impl="slsam", **kw)
@@ -280,16 +280,16 @@ def bench_steps(b: Bench, shapes: list[tuple[int, ...]], shapes_name: str, dtype
 
         if name.startswith("adamw"):
             def fn(opt: Any = opt) -> None:
-                for p, g in zip(params, g2):
+                for p, g in zip(params, g2, strict=False):
                     p.grad = g
                 opt.step()
         else:
             def fn(opt: Any = opt) -> None:
-                for p, g in zip(params, g1):
+                for p, g in zip(params, g1, strict=False):
                     if p.requires_grad:
                         p.grad = g
                 opt.first_step()
-                for p, g in zip(params, g2):
+                for p, g in zip(params, g2, strict=False):
                     if p.requires_grad:
                         p.grad = g
                 opt.second_step()

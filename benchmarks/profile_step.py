@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         opt = slsam.SLSAM(params, sparsity=args.sparsity, lr=1e-4, weight_decay=0.01, seed=0)
 
     def step() -> None:
-        for p, g in zip(params, g1):
+        for p, g in zip(params, g1, strict=False):
             if p.requires_grad:
                 p.grad = g
         opt.first_step()
-        for p, g in zip(params, g2):
+        for p, g in zip(params, g2, strict=False):
             if p.requires_grad:
                 p.grad = g
         opt.second_step()

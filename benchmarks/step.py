@@ -291,7 +291,7 @@ def run_one(work: Workload, base_model: nn.Module, name: str, sparsity: float | 
         mask = getattr(opt, "mask", None)
         if arms is None or mask is None:
             return None
-        on = [a for a, m in zip(arms, mask.tolist()) if m]
+        on = [a for a, m in zip(arms, mask.tolist(), strict=False) if m]
         return len(on) / max(1, len(arms)), tensor_bytes(on) / max(1, tensor_bytes(arms))
 
     def sync() -> None:

@@ -77,7 +77,7 @@ def compare(steps: int, rank: int, world: int) -> dict:
     full = [p.full_tensor().detach() for p in model.parameters()]
     ref_model = make_model()
     ref = train(ref_model, data, None)
-    err = max(float((a - b.detach()).abs().max()) for a, b in zip(full, ref_model.parameters()))
+    err = max(float((a - b.detach()).abs().max()) for a, b in zip(full, ref_model.parameters(), strict=False))
     return dict(rank=rank, world=world, masks_equal=bool(torch.equal(opt.mask, ref.mask)),
                 probs_err=float((opt.probs - ref.probs).abs().max()), max_weight_err=err,
                 sharded=all(type(p).__name__ == "DTensor" for p in model.parameters()))

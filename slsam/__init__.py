@@ -4,11 +4,15 @@
 >>> loss = opt.step(closure)  # closure: zero_grad, forward, backward, return loss
 """
 
-from slsam import ops, reference
-from slsam.batchnorm import disable_running_stats, enable_running_stats, running_stats_frozen
-from slsam.optim import SAM, SLSAM
+from slsam._torch_check import check_torch_version
+from slsam._version import __version__
 
-__version__ = "0.1.0"
+check_torch_version()
+
+from slsam import ops, reference  # noqa: E402  (after the check: this loads slsam._C)
+from slsam.batchnorm import disable_running_stats, enable_running_stats, running_stats_frozen  # noqa: E402
+from slsam.optim import SAM, SLSAM  # noqa: E402
+
 __all__ = [
     "SAM",
     "SLSAM",

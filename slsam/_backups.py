@@ -73,7 +73,7 @@ class BackupPool:
             return list(self._last[1])
         pooled = [_poolable(p) for p in params]
         offsets, total = [], 0
-        for p, big in zip(params, pooled):
+        for p, big in zip(params, pooled, strict=False):
             offsets.append(total)
             if big:
                 total += -(-p.numel() * p.element_size() // _ALIGN) * _ALIGN
@@ -82,7 +82,7 @@ class BackupPool:
             self._buffer = None  # free the old buffer before the new one is allocated
             self._buffer = torch.empty(total, dtype=torch.uint8, device=params[0].device)
         out = []
-        for p, big, off in zip(params, pooled, offsets):
+        for p, big, off in zip(params, pooled, offsets, strict=False):
             if not big:
                 out.append(torch.empty_like(p))
                 continue
@@ -104,4 +104,4 @@ class BackupPool:
         last = self._last[0]
         return len(last) == len(params) and all(
             p is q and p.dtype is d and p.shape == s and p.stride() == st
-            for p, (q, d, s, st) in zip(params, last))
+            for p, (q, d, s, st) in zip(params, last, strict=False))

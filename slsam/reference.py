@@ -64,7 +64,7 @@ def perturb_(
     also where g is not finite (x + 0 * inf would be NaN).
     """
     scale = perturb_scale(total_norm, rho)
-    for p, g, b in zip(params, grads, backups):
+    for p, g, b in zip(params, grads, backups, strict=False):
         b.copy_(p)
         x = _opmath(p)
         s = scale.to(x.dtype)
@@ -76,7 +76,7 @@ def perturb_(
 
 
 def restore_(params: Sequence[Tensor], backups: Sequence[Tensor]) -> None:
-    for p, b in zip(params, backups):
+    for p, b in zip(params, backups, strict=False):
         p.copy_(b)
 
 
@@ -102,7 +102,7 @@ def restore_adamw_(
     if found_inf is not None and bool(found_inf.reshape(()) != 0):
         restore_(params, backups)
         return
-    for p, x0, g, m, v, st in zip(params, backups, grads, exp_avgs, exp_avg_sqs, steps):
+    for p, x0, g, m, v, st in zip(params, backups, grads, exp_avgs, exp_avg_sqs, steps, strict=False):
         step = float(st) + 1.0
         x = _opmath(x0)
         gg = _opmath(g)

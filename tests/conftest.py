@@ -100,7 +100,7 @@ def assert_within_ref_error(out, ref, truth, dtype, factor: float = 2.0) -> None
     refs = ref if isinstance(ref, (list, tuple)) else [ref]
     truths = truth if isinstance(truth, (list, tuple)) else [truth]
     eps = torch.finfo(dtype).eps
-    for o, r, t in zip(outs, refs, truths):
+    for o, r, t in zip(outs, refs, truths, strict=False):
         scale = float(t.double().abs().max()) if t.numel() else 0.0
         floor = eps * max(scale, 1e-30)
         oe, re_ = max_err(o, t), max_err(r, t)

@@ -19,14 +19,14 @@ def test_views_are_laid_out_like_the_params_aligned_and_disjoint():
     views = pool.take(params)
     assert pool.nbytes > 0
     spans = []
-    for p, v in zip(params, views):
+    for p, v in zip(params, views, strict=False):
         assert (v.shape, v.dtype, v.stride()) == (p.shape, p.dtype, p.stride())
         assert v.data_ptr() % 64 == 0
         if v.numel():
             spans.append((v.data_ptr(), v.data_ptr() + v.numel() * v.element_size()))
     spans.sort()
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
-    for p, v in zip(params, views):  # usable as backups: a copy round trip is exact
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+    for p, v in zip(params, views, strict=False):  # usable as backups: a copy round trip is exact
         v.copy_(p)
         assert torch.equal(v, p)
 
@@ -47,7 +47,7 @@ def test_same_active_set_gets_the_same_views():
     ps = [torch.randn(1 << 16), torch.randn(10)]
     first = pool.take(ps)
     again = pool.take(ps)
-    assert all(x is y for x, y in zip(first, again))
+    assert all(x is y for x, y in zip(first, again, strict=False))
     ps[0].data = torch.randn(1 << 15, 2).t()  # same tensor, new layout: new views
     moved = pool.take(ps)
     assert moved[0].shape == ps[0].shape and moved[0].stride() == ps[0].stride()
@@ -90,7 +90,7 @@ def _run(reuse: bool, steps: int = 12, width: int = 256) -> tuple[list[torch.Ten
 def test_reusing_backups_changes_no_bit_of_the_run():
     with_pool, opt = _run(True)
     fresh, opt_fresh = _run(False)
-    assert all(torch.equal(a, b) for a, b in zip(with_pool, fresh))
+    assert all(torch.equal(a, b) for a, b in zip(with_pool, fresh, strict=False))
     assert 0 < opt.backup_bytes() <= sum(p.numel() * 4 + 64 for p in opt.arms)
     assert opt_fresh.backup_bytes() == 0  # nothing held between steps
 

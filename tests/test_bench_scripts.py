@@ -49,7 +49,7 @@ def test_step_decoder_workload_trains_with_slsam():
 
     loss = opt.step(closure)
     assert torch.isfinite(loss)
-    assert any(not torch.equal(a, p) for a, p in zip(before, params))
+    assert any(not torch.equal(a, p) for a, p in zip(before, params, strict=False))
 
 
 def test_step_runs_without_tqdm():

@@ -131,7 +131,7 @@ def test_uniform_keeps_probabilities_uniform(tiny_text):
 
 def test_same_seed_same_batches_for_every_method():
     a, b = loop.batches(100, 16, 20, seed=3), loop.batches(100, 16, 20, seed=3)
-    assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == 20
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=False)) and len(a) == 20
     assert all(len(x) == 16 for x in a)
     f = loop.lr_lambda(100)
     assert f(0) == pytest.approx(1 / 6) and f(5) == pytest.approx(1.0) and f(99) > 0 and f(100) == 0

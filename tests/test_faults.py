@@ -31,7 +31,7 @@ def snapshot(model_or_params):
 
 def assert_same(a, b):
     assert len(a) == len(b)
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         assert x.dtype == y.dtype and x.shape == y.shape, i
         assert torch.equal(x, y), f"tensor {i} changed"
 
@@ -155,7 +155,7 @@ def test_nonfinite_gradient_skips_step(base, which, where, value):
     x, y = batch(1)
     opt.step(make_closure(model, opt, x, y))
     assert opt.skipped_steps == frozen.skipped + 1
-    assert any(not torch.equal(a, b) for a, b in zip(snapshot(model), before))
+    assert any(not torch.equal(a, b) for a, b in zip(snapshot(model), before, strict=False))
 
 
 @pytest.mark.parametrize("base", list(BASES))
@@ -334,7 +334,7 @@ def test_two_call_style_recovery_after_own_second_pass_fails(base):
     F.cross_entropy(model(x), y).backward()
     opt.first_step()
     assert opt.perturbed
-    assert any(not torch.equal(a, b) for a, b in zip(snapshot(model), frozen.weights))
+    assert any(not torch.equal(a, b) for a, b in zip(snapshot(model), frozen.weights, strict=False))
     opt.zero_grad()
     opt.second_step()
     assert_same(snapshot(model), frozen.weights)
@@ -584,7 +584,7 @@ def test_active_tensor_without_gradient(base):
     # c has a first-pass gradient (so it is perturbed) but none in the second: restored
     # exactly, never updated
     assert_same(snapshot(model.c), c0)
-    assert all(not torch.equal(p, q) for p, q in zip(snapshot(model.a), a0))
+    assert all(not torch.equal(p, q) for p, q in zip(snapshot(model.a), a0, strict=False))
     for p in [*model.b.parameters(), *model.c.parameters()]:
         assert not opt.state.get(p) or float(opt.state[p].get("step", torch.zeros(()))) == 0
 
@@ -642,7 +642,7 @@ def test_channels_last_conv_parameters(base):
                 if isinstance(v, torch.Tensor) and v.dim() == 4:
                     assert v.is_contiguous(memory_format=torch.channels_last)
         results.append(snapshot(net))
-    for a, b in zip(*results):  # the conv backward may round differently per layout
+    for a, b in zip(*results, strict=False):  # the conv backward may round differently per layout
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -677,7 +677,7 @@ def test_mixed_precision_parameter_list():
         x, y = batch(i)
         opt.step(make_closure(net, opt, x, y))
     assert opt.skipped_steps == 0
-    for p, b in zip(net.parameters(), before):
+    for p, b in zip(net.parameters(), before, strict=False):
         assert opt.state[p]["exp_avg"].dtype == p.dtype
         assert bool(torch.isfinite(p).all()) and not torch.equal(p, b)
 
@@ -690,7 +690,7 @@ def test_mixed_precision_parameter_list():
         opt.step(make_closure(net, opt, x, y))
         assert opt.skipped_steps == 0
         outs.append(list(net.parameters()))
-    for a, b in zip(*outs):
+    for a, b in zip(*outs, strict=False):
         # torch's AdamW rounds every intermediate to the tensor's dtype, the kernel once:
         # a few ulp of the largest weight
         ulp = torch.finfo(a.dtype).eps * float(b.detach().abs().max())
@@ -744,7 +744,7 @@ def test_ten_thousand_tensors():
         before = snapshot(params)
         opt.step(closure)
         after = snapshot(params)
-        for on, a, b in zip(mask.tolist(), after, before):
+        for on, a, b in zip(mask.tolist(), after, before, strict=False):
             assert torch.equal(a, b) != on
         assert abs(float(opt.probs.sum()) - 0.2 * n) <= 1e-8 * n
     assert time.perf_counter() - t0 < 60
@@ -765,7 +765,7 @@ def test_stale_gradients_of_inactive_tensors_are_not_applied(base):
         mask, before = opt.mask.tolist(), snapshot(model)
         F.cross_entropy(model(x), y).backward()  # davda style, without zero_grad()
         opt.step(make_closure(model, opt, x, y, zero=False))
-        for on, p, b in zip(mask, model.parameters(), before):
+        for on, p, b in zip(mask, model.parameters(), before, strict=False):
             if not on:
                 assert torch.equal(p, b), "an inactive tensor was updated"
         assert all(p.grad is None for p in model.parameters())
@@ -801,4 +801,4 @@ def test_all_arms_frozen_or_always_active():
     before = snapshot(model)
     x, y = batch(0)
     opt.step(make_closure(model, opt, x, y))
-    assert all(not torch.equal(a, b) for a, b in zip(snapshot(model), before))
+    assert all(not torch.equal(a, b) for a, b in zip(snapshot(model), before, strict=False))

@@ -107,7 +107,7 @@ class SLSAMMachine(RuleBasedStateMachine):
 
     def check_inactive_untouched(self, mask, before):
         idx = self.arm_index()
-        for p, b in zip(self.params, before):
+        for p, b in zip(self.params, before, strict=False):
             i = idx.get(id(p))
             if i is not None and not mask[i]:
                 assert torch.equal(p, b), "an inactive tensor changed"
@@ -117,7 +117,7 @@ class SLSAMMachine(RuleBasedStateMachine):
         probs, mask = self.opt.probs, self.opt.mask
         with pytest.raises(exc, match=match):
             fn()
-        assert all(torch.equal(a, b) for a, b in zip(snapshot(self.params), weights))
+        assert all(torch.equal(a, b) for a, b in zip(snapshot(self.params), weights, strict=False))
         assert torch.equal(self.opt.probs, probs) and torch.equal(self.opt.mask, mask)
 
     # ----- rules: steps -----
@@ -196,7 +196,7 @@ class SLSAMMachine(RuleBasedStateMachine):
         self.opt.zero_grad()
         self.opt.step(closure)
         assert self.opt.skipped_steps == skipped + 1
-        assert all(torch.equal(a, b) for a, b in zip(snapshot(self.params), before))
+        assert all(torch.equal(a, b) for a, b in zip(snapshot(self.params), before, strict=False))
         assert torch.equal(self.opt.probs, probs)
         for p, v in self.opt.state.items():
             old = state.get(id(p))
@@ -309,7 +309,7 @@ class SLSAMMachine(RuleBasedStateMachine):
     @invariant()
     def exact_restore_with_lr_zero(self):
         if self.lr_zero and self.pending is None:
-            for p, q in zip(self.params, self.initial):
+            for p, q in zip(self.params, self.initial, strict=False):
                 assert torch.equal(p, q), "lr = 0 but the weights moved"
 
     @invariant()

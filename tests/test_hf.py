@@ -99,7 +99,7 @@ def test_trainer_gradient_accumulation_equals_one_large_batch(tmp_path):
     acc, g_acc = _train_accumulated(tmp_path, batch=4, accumulate=2)
     assert acc.state.global_step == big.state.global_step == 2
     assert len(g_acc) == len(g_big) == 4  # first and second pass of each step
-    for i, (a, b) in enumerate(zip(g_acc, g_big)):
+    for i, (a, b) in enumerate(zip(g_acc, g_big, strict=False)):
         assert a.keys() == b.keys() and len(a) > 2
         if i >= 2:
             # NOTE: after one AdamW step the weights already differ by more than rounding (Adam

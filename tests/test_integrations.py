@@ -14,7 +14,7 @@ def closure_for(model, opt, x, y, scaler=None, micro=1, clip=None):
     def closure():
         opt.zero_grad()
         total = torch.zeros(())
-        for xs, ys in zip(x.chunk(micro), y.chunk(micro)):
+        for xs, ys in zip(x.chunk(micro), y.chunk(micro), strict=False):
             loss = F.cross_entropy(model(xs), ys) / micro
             (scaler.scale(loss) if scaler is not None else loss).backward()
             total = total + loss.detach()
@@ -30,7 +30,7 @@ def params_of(model):
 
 
 def assert_close_all(a, b, **kw):
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         torch.testing.assert_close(x, y, **kw)
 
 
@@ -94,7 +94,7 @@ def test_grad_scaler_inf_skips_step_and_backs_off():
 
     opt.step(closure, scaler=scaler)
     scaler.update()
-    for a, b in zip(params_of(model), before):
+    for a, b in zip(params_of(model), before, strict=False):
         assert torch.equal(a, b)
     assert torch.equal(opt.probs, probs)
     assert opt.skipped_steps == 1
@@ -143,7 +143,8 @@ def test_clipping_in_closure_bounds_the_update():
     x, y = batch(0)
     opt.step(closure_for(model, opt, x, y, clip=max_norm))
     delta = torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(a - b) for a, b in zip(params_of(model), before)]))
+        torch.stack([torch.linalg.vector_norm(a - b)
+                     for a, b in zip(params_of(model), before, strict=False)]))
     assert 0 < float(delta) <= lr * max_norm * (1 + 1e-5)
 
 
@@ -223,5 +224,5 @@ def test_grad_mask_mode_equals_requires_grad_mode_in_eager():
         o2.step(closure_for(m2, o2, x, y))
         assert all(p.requires_grad for p in m2.parameters())
         assert all(p.grad is None for p in m2.parameters())
-    for a, b in zip(params_of(m1), params_of(m2)):
+    for a, b in zip(params_of(m1), params_of(m2), strict=False):
         assert torch.equal(a, b)

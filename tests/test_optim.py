@@ -28,7 +28,7 @@ def snapshot(model):
 
 
 def assert_same(a, b):
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         assert torch.equal(x, y)
 
 
@@ -58,7 +58,7 @@ def test_inactive_tensors_untouched_and_gradless():
         x, y = batch(i)
         opt.step(make_closure(model, opt, x, y))
         after = snapshot(model)
-        for p, on, b, a in zip(params, mask, before, after):
+        for p, on, b, a in zip(params, mask, before, after, strict=False):
             assert p.grad is None
             if not on:
                 assert torch.equal(a, b)
@@ -106,12 +106,12 @@ def hand_sam(model, x, y, lr, rho):
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     with torch.no_grad():
         e = [rho * g / (norm + 1e-12) for g in grads]
-        for p, ei in zip(params, e):
+        for p, ei in zip(params, e, strict=False):
             p.add_(ei)
     loss2 = F.cross_entropy(model(x), y)
     grads2 = torch.autograd.grad(loss2, params)
     with torch.no_grad():
-        for p, ei, g2 in zip(params, e, grads2):
+        for p, ei, g2 in zip(params, e, grads2, strict=False):
             p.sub_(ei)
             p.sub_(lr * g2)
 
@@ -129,7 +129,7 @@ def test_dense_case_equals_sam_by_hand(which):
         x, y = batch(i)
         hand_sam(ref, x, y, lr, rho)
         opt.step(make_closure(model, opt, x, y))
-    for a, b in zip(model.parameters(), ref.parameters()):
+    for a, b in zip(model.parameters(), ref.parameters(), strict=False):
         # by hand: x + e - e; the optimizer restores x exactly, so ~1 ulp apart
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
@@ -197,9 +197,9 @@ def test_fused_adamw_equals_generic_path():
     assert o1._fused and not o2._fused
     train(m1, o1, 8)
     train(m2, o2, 8)
-    for a, b in zip(m1.parameters(), m2.parameters()):
+    for a, b in zip(m1.parameters(), m2.parameters(), strict=False):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+    for p1, p2 in zip(m1.parameters(), m2.parameters(), strict=False):
         if o1.state[p1]:
             assert float(o1.state[p1]["step"]) == float(o2.state[p2]["step"])
 
@@ -248,7 +248,7 @@ def test_frozen_parameters_stay_frozen_and_are_not_arms():
     train(model, opt, 5)
     with opt.dense():
         assert all(not p.requires_grad for p in frozen)
-    for p, b in zip(frozen, before):
+    for p, b in zip(frozen, before, strict=False):
         assert not p.requires_grad and torch.equal(p, b)
 
 
@@ -264,7 +264,7 @@ def test_always_active_group():
         assert all(p.requires_grad for p in head)
         x, y = batch(i)
         opt.step(make_closure(model, opt, x, y))
-        assert all(not torch.equal(p, b) for p, b in zip(head, before))
+        assert all(not torch.equal(p, b) for p, b in zip(head, before, strict=False))
 
 
 def test_dense_context_manager():

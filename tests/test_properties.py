@@ -142,16 +142,16 @@ def test_perturb(specs, seed, scale, rho, adaptive, total_kind):
         return ps, bks
 
     out, out_bk = run(ops.perturb_, params, grads)
-    for p, o, b in zip(params, out, out_bk):
+    for p, o, b in zip(params, out, out_bk, strict=False):
         assert torch.equal(bits(b), bits(p)), "backup is not an exact copy"
         assert o.stride() == p.stride()
     if total_kind in ("nan", "inf"):  # a non-finite norm moves nothing
-        for p, o in zip(params, out):
+        for p, o in zip(params, out, strict=False):
             assert torch.equal(bits(o), bits(p))
         return
     ref, _ = run(reference.perturb_, params, grads)
     truth, _ = run(reference.perturb_, f64(params), f64(grads))
-    for o, r, t, (_, dt, _, _) in zip(out, ref, truth, specs):
+    for o, r, t, (_, dt, _, _) in zip(out, ref, truth, specs, strict=False):
         check_close(o, r, t, dt)
 
 
@@ -166,7 +166,7 @@ def test_restore_is_bit_exact(specs, seed, raw_bits):
     if raw_bits:  # any bit pattern: NaN payloads, infinities, denormals
         ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}
         backups = []
-        for (s, dt, _, gl), p in zip(specs, params):
+        for (s, dt, _, gl), p in zip(specs, params, strict=False):
             it = ints[p.element_size()]
             info = torch.iinfo(it)
             r = torch.randint(info.min, info.max, s, generator=g, dtype=torch.int64).to(it)
@@ -174,7 +174,7 @@ def test_restore_is_bit_exact(specs, seed, raw_bits):
     else:
         backups = [values(s, dt, g, 1.0, gl) for s, dt, _, gl in specs]
     ops.restore_(params, backups)
-    for p, b in zip(params, backups):
+    for p, b in zip(params, backups, strict=False):
         assert torch.equal(bits(p), bits(b))
 
 
@@ -216,19 +216,19 @@ def test_restore_adamw(specs, seed, scale, lr, beta1, beta2, weight_decay, eps, 
 
     out = run(ops.restore_adamw_)
     if found_inf:  # only the restore: state untouched
-        for p, b in zip(out[0], backups):
+        for p, b in zip(out[0], backups, strict=False):
             assert torch.equal(bits(p), bits(b))
         for i in (3, 4, 5):
-            for a, b in zip(out[i], inputs[i]):
+            for a, b in zip(out[i], inputs[i], strict=False):
                 assert torch.equal(a, b)
         return
     ref = run(reference.restore_adamw_)
     truth = run(reference.restore_adamw_, torch.float64)
     for i in (0, 3, 4):  # params, exp_avgs, exp_avg_sqs
-        for o, r, t, x, (_, dt, _, _) in zip(out[i], ref[i], truth[i], inputs[i], specs):
+        for o, r, t, x, (_, dt, _, _) in zip(out[i], ref[i], truth[i], inputs[i], specs, strict=False):
             assert o.dtype == dt and o.stride() == x.stride()
             check_close(o, r, t, dt)
-    for s_out, s_in in zip(out[5], steps):
+    for s_out, s_in in zip(out[5], steps, strict=False):
         assert float(s_out) == float(s_in) + 1
 
 
@@ -478,7 +478,7 @@ def test_same_seed_same_bits_and_resume_equals_not_stopping(cfg, seed, stop, thr
         _steps(model, opt, 0, total)
         runs.append((model, opt))
     (m1, o1), (m2, o2) = runs
-    for a, b in zip(m1.parameters(), m2.parameters()):
+    for a, b in zip(m1.parameters(), m2.parameters(), strict=False):
         assert torch.equal(a, b)
     assert torch.equal(o1.probs, o2.probs) and torch.equal(o1.mask, o2.mask)
 
@@ -499,11 +499,11 @@ def test_same_seed_same_bits_and_resume_equals_not_stopping(cfg, seed, stop, thr
     opt = slsam.SLSAM(groups, cls, seed=seed + 1, **kw)
     opt.load_state_dict(ck["opt"])
     _steps(model, opt, stop, total)
-    for a, b in zip(m1.parameters(), model.parameters()):
+    for a, b in zip(m1.parameters(), model.parameters(), strict=False):
         assert torch.equal(a, b), "resumed run differs"
     assert torch.equal(o1.probs, opt.probs) and torch.equal(o1.mask, opt.mask)
     assert torch.equal(o1._generator.get_state(), opt._generator.get_state())
-    for p1, p2 in zip(m1.parameters(), model.parameters()):
+    for p1, p2 in zip(m1.parameters(), model.parameters(), strict=False):
         s1, s2 = o1.state.get(p1, {}), opt.state.get(p2, {})
         assert s1.keys() == s2.keys()
         for key in s1:
@@ -523,5 +523,5 @@ def test_global_seed_makes_unseeded_runs_reproducible():
         opt = slsam.SLSAM(groups, cls, **kw)  # seed=None: drawn from torch's global RNG
         _steps(model, opt, 0, 4)
         out.append(([p.detach().clone() for p in model.parameters()], opt.probs))
-    assert all(torch.equal(a, b) for a, b in zip(out[0][0], out[1][0]))
+    assert all(torch.equal(a, b) for a, b in zip(out[0][0], out[1][0], strict=False))
     assert torch.equal(out[0][1], out[1][1])

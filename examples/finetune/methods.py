@@ -169,7 +169,7 @@ class Method:
         with torch.no_grad():
             torch._foreach_sub_(self.params, e)
         if keep_direction:  # g_v = g_s - (<g, g_s> / |g|^2) g
-            dot = sum(float((a * b).sum()) for a, b in zip(g, gs))
+            dot = sum(float((a * b).sum()) for a, b in zip(g, gs, strict=False))
             coef = dot / max(float(norm) ** 2, 1e-30)
             self._g_v = torch._foreach_sub(gs, torch._foreach_mul(g, coef))
         self.opt.step()

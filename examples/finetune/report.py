@@ -130,7 +130,7 @@ def plot_activation(run: Run, path: Path, bins: int = 10) -> None:
 
     m = np.array([[c == "1" for c in s] for s in run["masks"]], dtype=float)  # steps x arms
     edges = np.linspace(0, len(m), bins + 1).astype(int)
-    freq = np.stack([m[a:b].mean(0) for a, b in zip(edges[:-1], edges[1:]) if b > a], axis=1)
+    freq = np.stack([m[a:b].mean(0) for a, b in zip(edges[:-1], edges[1:], strict=False) if b > a], axis=1)
     probs = np.array(run["final_probs"])[:, None]
     fig, (ax, axp) = plt.subplots(1, 2, figsize=(9, 10), width_ratios=[6, 1], sharey=True)
     im = ax.imshow(freq, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
@@ -140,7 +140,7 @@ def plot_activation(run: Run, path: Path, bins: int = 10) -> None:
     ax.set_yticks(range(0, len(names), step))
     ax.set_yticklabels([names[i][-40:] for i in range(0, len(names), step)], fontsize=6)
     ax.set_xticks(range(freq.shape[1]))
-    ax.set_xticklabels([f"{a}-{b}" for a, b in zip(edges[:-1], edges[1:])], fontsize=7,
+    ax.set_xticklabels([f"{a}-{b}" for a, b in zip(edges[:-1], edges[1:], strict=False)], fontsize=7,
                        rotation=45)
     ax.set_xlabel("training steps")
     axp.set_xticks([0])
@@ -167,10 +167,11 @@ def plot_sparsity(runs: list[Run], path: Path, title: str) -> None:
         x = r["active"]
         kind = r["method"].split(":")[0].split("@")[0]
         marker = {"slsam": "o", "uniform": "s", "sam": "*", "adamw": "^"}.get(kind, "D")
-        for ax, y in zip(axes, (r["acc"], r["s_per_step"], r["extra_rss_mib"])):
+        for ax, y in zip(axes, (r["acc"], r["s_per_step"], r["extra_rss_mib"]), strict=False):
             ax.scatter(x, y, marker=marker, s=60 if kind != "sam" else 140)
             ax.annotate(r["method"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    for ax, lab in zip(axes, ("test accuracy", "seconds per step", "extra memory over start (MiB)")):
+    labels = ("test accuracy", "seconds per step", "extra memory over start (MiB)")
+    for ax, lab in zip(axes, labels, strict=False):
         ax.set_xlabel("fraction of parameters in backpropagation")
         ax.set_ylabel(lab)
         ax.grid(alpha=0.3)
