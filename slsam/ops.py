@@ -42,7 +42,7 @@ def _dispatch(op: str, device: torch.device, *args: Any, lists: Sequence[str] = 
     try:
         return getattr(_OPS, op)(*args)
     except NotImplementedError as err:
-        for name, ts in zip(lists, args):
+        for name, ts in zip(lists, args, strict=False):
             for i, t in enumerate(ts or ()):
                 if t is not None and t.layout != torch.strided:
                     raise ValueError(

@@ -70,11 +70,11 @@ def _check_no_shared_memory(groups: list[dict[str, Any]]) -> None:
                 continue
             size = p.element_size()
             start = base + p.storage_offset() * size
-            extent = sum((n - 1) * st for n, st in zip(p.shape, p.stride())) + 1
+            extent = sum((n - 1) * st for n, st in zip(p.shape, p.stride(), strict=False)) + 1
             spans.append((start, start + extent * size, f"param_groups[{gi}]['params'][{k}]",
                           tuple(p.shape)))
     spans.sort()
-    for (_, e0, n0, sh0), (s1, _, n1, sh1) in zip(spans, spans[1:]):
+    for (_, e0, n0, sh0), (s1, _, n1, sh1) in zip(spans, spans[1:], strict=False):
         if s1 < e0:
             raise ValueError(
                 f"{n0} (shape {sh0}) and {n1} (shape {sh1}) share memory: SLSAM would perturb "
@@ -383,7 +383,7 @@ class SLSAM(torch.optim.Optimizer):
         arm_grads = [p.grad for p in self._active_arms]
         always = [p for p in self._always if p.grad is not None]
         norm_inputs = [g if g is not None else self._empty_grad(p)
-                       for p, g in zip(self._active_arms, arm_grads)]
+                       for p, g in zip(self._active_arms, arm_grads, strict=False)]
         norm_inputs += [p.grad for p in always]
         self._check_grads(self._active)
         norms, total = ops.grad_norms(norm_inputs, device=self._device)
@@ -393,7 +393,7 @@ class SLSAM(torch.optim.Optimizer):
         groups: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]] = []
         per_group = [[p for p in active if p.grad is not None] for active in self._active_by_group]
         backups = self._backups.take([p for ps in per_group for p in ps])
-        for group, ps in zip(self.param_groups, per_group):
+        for group, ps in zip(self.param_groups, per_group, strict=False):
             groups.append((group, ps, backups[: len(ps)]))
             backups = backups[len(ps):]
         if any(g["adaptive"] for g in self.param_groups):
@@ -559,14 +559,14 @@ class SLSAM(torch.optim.Optimizer):
         self._note_user_frozen()
         if self.mask_mode == "requires_grad":
             frozen = self._frozen
-            for i, (p, on) in enumerate(zip(self._arms, self._mask_list)):
+            for i, (p, on) in enumerate(zip(self._arms, self._mask_list, strict=False)):
                 if i not in frozen:
                     p.requires_grad_(on)
                     setattr(p, _MASKED, not on)
             self._expect_grad = list(self._mask_list)
         else:
             self._expect_grad = [True] * len(self._arms)
-        self._active_arms = [p for p, on in zip(self._arms, self._mask_list) if on]
+        self._active_arms = [p for p, on in zip(self._arms, self._mask_list, strict=False) if on]
         ids = {id(p) for p in self._active_arms} | {id(p) for p in self._always}
         self._active_by_group = [[p for p in g["params"] if id(p) in ids]
                                  for g in self.param_groups]
@@ -603,7 +603,7 @@ class SLSAM(torch.optim.Optimizer):
         (a backward inside ``dense()``, one left from before); a generic base optimizer's
         step() would apply it to the inactive tensor, every step (tests/test_faults.py).
         """
-        for p, on in zip(self._arms, self._mask_list):
+        for p, on in zip(self._arms, self._mask_list, strict=False):
             if not on and p.grad is not None:
                 p.grad = None
 

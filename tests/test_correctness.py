@@ -66,9 +66,9 @@ def test_nonfinite_first_pass_leaves_weights_for_the_second_forward(base, adapti
 
     opt.step(closure)
     assert opt.skipped_steps == 1
-    for a, b in zip(seen[1], before):  # the second forward ran at the unperturbed weights
+    for a, b in zip(seen[1], before, strict=False):  # the second forward ran at the unperturbed weights
         assert torch.equal(a, b)
-    for a, b in zip(model.parameters(), before):
+    for a, b in zip(model.parameters(), before, strict=False):
         assert torch.equal(a.detach(), b)
     assert bool(torch.isfinite(bn.running_mean).all()) and bool(torch.isfinite(bn.running_var).all())
     # and training goes on from there
@@ -93,7 +93,7 @@ def test_perturb_with_nonfinite_gradient_and_norm_writes_params_unchanged(dtype,
         ps = [p.clone() for p in params]
         bks = [torch.empty_like(p) for p in ps]
         fn(ps, grads, bks, total, 0.05, adaptive)
-        for p, q, b in zip(ps, params, bks):
+        for p, q, b in zip(ps, params, bks, strict=False):
             assert torch.equal(p.view(torch.uint8), q.view(torch.uint8)), fn
             assert torch.equal(b.view(torch.uint8), q.view(torch.uint8)), fn
 
@@ -136,7 +136,7 @@ def test_rho_zero_equals_the_base_optimizer_alone(base, adaptive):
     for i in range(5):
         opt.step(closure_for(model, opt, i))
         ref_opt.step(closure_for(ref, ref_opt, i))
-    for p, q in zip(model.parameters(), ref.parameters()):
+    for p, q in zip(model.parameters(), ref.parameters(), strict=False):
         if base == "sgd":  # the same path: restore (exact), then SGD's own step
             assert torch.equal(p, q)
         else:  # fused AdamW rounds in another order than torch's: a few ulp
@@ -169,7 +169,7 @@ def test_bad_rho_set_through_param_groups_is_refused_at_the_step(style, bad):
             closure()
             opt.first_step()
     assert not opt.perturbed
-    for p, w in zip(model.parameters(), weights):
+    for p, w in zip(model.parameters(), weights, strict=False):
         assert torch.equal(p.detach(), w)
     assert state.keys() == opt.state.keys()
     for k, v in state.items():
@@ -206,16 +206,16 @@ def test_mixed_adaptive_groups_perturb_like_the_hand_computation(dtype):
     g = [p.grad.double().clone() for p in ps]
     adaptive = [True, True, False, False, True, True]
     rhos = [rho] * 4 + [0.1] * 2
-    sq = sum(((wi.abs() * gi) if a else gi).square().sum() for wi, gi, a in zip(w, g, adaptive))
+    sq = sum(((wi.abs() * gi) if a else gi).square().sum() for wi, gi, a in zip(w, g, adaptive, strict=False))
     norm = float(sq.sqrt())
     expect = [wi + r / (norm + 1e-12) * (wi * wi * gi if a else gi)
-              for wi, gi, a, r in zip(w, g, adaptive, rhos)]
+              for wi, gi, a, r in zip(w, g, adaptive, rhos, strict=False)]
     opt.first_step()
     tol = dict(rtol=0, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-6, atol=1e-7)
-    for p, e in zip(ps, expect):
+    for p, e in zip(ps, expect, strict=False):
         torch.testing.assert_close(p.detach().double(), e, **tol)
     opt.second_step()
-    for p, wi in zip(ps, w):  # lr = 0: back exactly
+    for p, wi in zip(ps, w, strict=False):  # lr = 0: back exactly
         assert torch.equal(p.detach().double(), wi)
 
 
@@ -243,24 +243,24 @@ def test_load_state_dict_keeps_tensors_frozen_after_construction(mask_mode):
         assert not any(p.requires_grad for p in frozen)
         opt.load_state_dict(opt.state_dict())
         assert not any(p.requires_grad for p in frozen)
-    for p, b in zip(frozen, before):
+    for p, b in zip(frozen, before, strict=False):
         assert torch.equal(p.detach(), b)
     others = [p for p in opt.arms if all(p is not q for q in frozen)]
     if mask_mode == "requires_grad":
         assert [p.requires_grad for p in others] == [
-            on for p, on in zip(opt.arms, opt.mask.tolist()) if all(p is not q for q in frozen)]
+            on for p, on in zip(opt.arms, opt.mask.tolist(), strict=False) if all(p is not q for q in frozen)]
     for p in frozen:  # unfrozen by the user: an arm again
         p.requires_grad_(True)
     for i in range(20):
         opt.step(closure_for(model, opt, 30 + i))
-    assert any(not torch.equal(p.detach(), b) for p, b in zip(frozen, before))
+    assert any(not torch.equal(p.detach(), b) for p, b in zip(frozen, before, strict=False))
 
 
 def test_active_arm_frozen_between_steps_stays_frozen():
     model = mlp()
     opt = slsam.SLSAM(model.parameters(), sparsity=0.5, seed=1, lr=1e-2)
     opt.step(closure_for(model, opt, 0))
-    active = [p for p, on in zip(opt.arms, opt.mask.tolist()) if on]
+    active = [p for p, on in zip(opt.arms, opt.mask.tolist(), strict=False) if on]
     victim = active[0]
     victim.requires_grad_(False)
     before = victim.detach().clone()
@@ -302,7 +302,7 @@ def test_copied_model_and_optimizer_step_like_the_original(cls, how):
         opt.step(closure_for(model, opt, 10 + i))
         opt2.step(closure_for(model2, opt2, 10 + i))
         assert torch.equal(opt.probs, opt2.probs) and torch.equal(opt.mask, opt2.mask)
-        for p, q in zip(model.parameters(), model2.parameters()):
+        for p, q in zip(model.parameters(), model2.parameters(), strict=False):
             assert torch.equal(p, q) and p.requires_grad == q.requires_grad
     assert opt2.skipped_steps == opt.skipped_steps
 
@@ -319,11 +319,11 @@ def test_copy_between_first_and_second_step(how):
     for m, o in ((model, opt), (model2, opt2)):
         closure_for(m, o, 1)()
         o.second_step()
-    for p, q in zip(model.parameters(), model2.parameters()):
+    for p, q in zip(model.parameters(), model2.parameters(), strict=False):
         assert torch.equal(p, q)
     opt.step(closure_for(model, opt, 2))
     opt2.step(closure_for(model2, opt2, 2))
-    for p, q in zip(model.parameters(), model2.parameters()):
+    for p, q in zip(model.parameters(), model2.parameters(), strict=False):
         assert torch.equal(p, q)
 
 
@@ -333,9 +333,9 @@ def test_copied_optimizer_alone_steps():
     opt = slsam.SLSAM(model.parameters(), sparsity=0.5, seed=0, lr=1e-2)
     opt.step(closure_for(model, opt, 0))
     opt2 = copy.deepcopy(opt)
-    assert all(p is not q for p, q in zip(opt.arms, opt2.arms))
+    assert all(p is not q for p, q in zip(opt.arms, opt2.arms, strict=False))
     model2 = mlp()
-    for dst, src in zip(model2.parameters(), opt2.arms):  # put the copies in a model
+    for dst, src in zip(model2.parameters(), opt2.arms, strict=False):  # put the copies in a model
         dst.data = src.data
     for m, o in ((model, opt), (model2, opt2)):
         x, y = mlp_batch(5)
@@ -343,13 +343,13 @@ def test_copied_optimizer_alone_steps():
         def closure(m=m, o=o, x=x, y=y) -> torch.Tensor:
             o.zero_grad()
             out = torch.func.functional_call(m, dict(zip([n for n, _ in m.named_parameters()],
-                                                          o.arms)), (x,))
+                                                          o.arms, strict=False)), (x,))
             loss = F.cross_entropy(out, y)
             loss.backward()
             return loss
 
         o.step(closure)
-    for p, q in zip(opt.arms, opt2.arms):
+    for p, q in zip(opt.arms, opt2.arms, strict=False):
         assert torch.equal(p, q)
 
 
@@ -397,7 +397,7 @@ def _slsam_adamw(fn):
 
 
 def _median_rel_err(updates: list[torch.Tensor], truth: list[torch.Tensor]) -> list[float]:
-    return [float(((u - t) / t.abs()).median()) for u, t in zip(updates, truth)]
+    return [float(((u - t) / t.abs()).median()) for u, t in zip(updates, truth, strict=False)]
 
 
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
@@ -409,7 +409,7 @@ def test_fused_adamw_update_is_unbiased_against_torch_adamw(impl):
     torch_err = _median_rel_err(_adamw_updates(_torch_adamw(torch.float32)), truth)
     fn = ops.restore_adamw_ if impl == "kernel" else reference.restore_adamw_
     ours = _median_rel_err(_adamw_updates(_slsam_adamw(fn)), truth)
-    for o, t in zip(ours, torch_err):
+    for o, t in zip(ours, torch_err, strict=False):
         assert abs(o) <= abs(t) + 2e-7, (ours, torch_err)
 
 
@@ -454,10 +454,10 @@ def test_fp64_parameters_are_perturbed_in_fp64(sparsity, adaptive):
     active = [p for p in ps if p.grad is not None]
     w = [p.detach().clone() for p in active]
     g = [p.grad.clone() for p in active]
-    sq = sum(((wi.abs() * gi) if adaptive else gi).square().sum() for wi, gi in zip(w, g))
+    sq = sum(((wi.abs() * gi) if adaptive else gi).square().sum() for wi, gi in zip(w, g, strict=False))
     scale = rho / (sq.sqrt() + 1e-12)
-    expect = [wi + scale * (wi * wi * gi if adaptive else gi) for wi, gi in zip(w, g)]
+    expect = [wi + scale * (wi * wi * gi if adaptive else gi) for wi, gi in zip(w, g, strict=False)]
     opt.first_step()
-    for p, e in zip(active, expect):
+    for p, e in zip(active, expect, strict=False):
         torch.testing.assert_close(p.detach(), e, rtol=0, atol=4e-16 * float(e.abs().max()))
     opt.second_step()

@@ -132,7 +132,7 @@ def test_sample_mask_reproducible():
     g1, g2 = torch.Generator(device=DEV).manual_seed(7), torch.Generator(device=DEV).manual_seed(7)
     seq1 = [ops.sample_mask(probs, g1) for _ in range(5)]
     seq2 = [ops.sample_mask(probs, g2) for _ in range(5)]
-    assert all(torch.equal(x, y) for x, y in zip(seq1, seq2))
+    assert all(torch.equal(x, y) for x, y in zip(seq1, seq2, strict=False))
     assert not all(torch.equal(seq1[0], x) for x in seq1[1:]), "the generator did not advance"
     other = ops.sample_mask(probs, torch.Generator(device=DEV).manual_seed(8))
     assert not torch.equal(other, seq1[0])
@@ -299,7 +299,7 @@ def test_sam_steps_match_on_cpu_and_cuda():
                 loss.backward()
                 return loss
             opts[k].step(closure)
-    for a, b in zip(cpu_model.parameters(), gpu_model.parameters()):
+    for a, b in zip(cpu_model.parameters(), gpu_model.parameters(), strict=False):
         # Matmuls and reductions round differently on the two devices; a broken
         # kernel is off by a whole step (lr = 1e-2).
         torch.testing.assert_close(b.detach().cpu(), a.detach(), rtol=1e-3, atol=1e-4)

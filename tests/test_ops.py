@@ -135,7 +135,7 @@ def test_perturb_matches_reference(device, dtype, sizes, adaptive):
         return ps, bks
 
     out, out_bk = run(ops.perturb_, params, grads, total)
-    for b, p in zip(out_bk, params):
+    for b, p in zip(out_bk, params, strict=False):
         assert torch.equal(b, p), "backup is not an exact copy"
     ref, _ = run(reference.perturb_, params, grads, total)
     truth, _ = run(reference.perturb_, f64(params), f64(grads), total)
@@ -158,7 +158,7 @@ def test_perturb_reads_norm_on_device_or_cpu_and_fp64(device):
     ref = [p.clone() for p in params]
     reference.perturb_(ref, grads, [torch.empty_like(p) for p in ref], torch.tensor(3.0), 0.05)
     for out in outs:
-        for a, b in zip(out, ref):
+        for a, b in zip(out, ref, strict=False):
             torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
 
 
@@ -170,7 +170,7 @@ def test_perturb_nonfinite_norm_moves_nothing(device):
     for bad in (float("nan"), float("inf")):
         ops.perturb_(params, grads, [torch.empty_like(p) for p in params],
                      torch.tensor(bad, device=device), 0.05)
-        for p, b in zip(params, before):
+        for p, b in zip(params, before, strict=False):
             assert torch.equal(p, b)
 
 
@@ -208,7 +208,7 @@ def test_restore_is_exact(device, dtype, sizes):
     params = make(SIZES[sizes], dtype, 1, device=device)
     backups = make(SIZES[sizes], dtype, 2, device=device)
     ops.restore_(params, backups)
-    for p, b in zip(params, backups):
+    for p, b in zip(params, backups, strict=False):
         assert torch.equal(p, b)
 
 
@@ -243,7 +243,7 @@ def test_restore_adamw_matches_reference(device, dtype, sizes):
         assert_within_ref_error(out[i], ref[i], truth[i], dtype)
         if on_cpu is not None:
             assert_within_ref_error(cpu(out[i]), on_cpu[i], cpu(truth[i]), dtype)
-    for s_out, s_in in zip(out[5], inputs[5]):
+    for s_out, s_in in zip(out[5], inputs[5], strict=False):
         assert s_out.device.type == device and float(s_out) == float(s_in) + 1
 
 
@@ -257,13 +257,13 @@ def test_restore_adamw_fp32_equals_torch_adamw(device):
     vs = [torch.zeros_like(p) for p in params]
     steps = [torch.tensor(0.0, device=device) for _ in params]
     for it in range(3):
-        for p, g in zip(ref, grads):
+        for p, g in zip(ref, grads, strict=False):
             p.grad = g * (it + 1)
         opt.step()
         ops.restore_adamw_(params, backups, [g * (it + 1) for g in grads], ms, vs, steps,
                            **HYPER)
         backups = [p.clone() for p in params]
-    for p, r in zip(params, ref):
+    for p, r in zip(params, ref, strict=False):
         if device == "cpu":
             # torch rounds in another order (addcdiv: (value * m) / denom): a few ulp apart
             ulp = torch.finfo(torch.float32).eps * float(r.detach().abs().max())
@@ -279,10 +279,10 @@ def test_restore_adamw_found_inf_only_restores(device, where, flag):
     inputs = adamw_inputs([(10,), (4, 4), (0,), (CHUNK + 1,)], torch.float32, device=device)
     found_inf = torch.tensor(flag, device=device if where == "device" else "cpu")
     out = run_adamw(ops.restore_adamw_, inputs, found_inf=found_inf)
-    for p, b in zip(out[0], inputs[1]):
+    for p, b in zip(out[0], inputs[1], strict=False):
         assert torch.equal(p, b)
     for i in (3, 4, 5):
-        for a, b in zip(out[i], inputs[i]):
+        for a, b in zip(out[i], inputs[i], strict=False):
             assert torch.equal(a, b), "state changed on a skipped step"
 
 
@@ -290,7 +290,7 @@ def test_restore_adamw_found_inf_zero_steps(device):
     inputs = adamw_inputs([(10,), (0,)], torch.float32, device=device)
     a = run_adamw(ops.restore_adamw_, inputs)
     b = run_adamw(ops.restore_adamw_, inputs, found_inf=torch.tensor(False, device=device))
-    for x, y in zip(a[0] + a[5], b[0] + b[5]):
+    for x, y in zip(a[0] + a[5], b[0] + b[5], strict=False):
         assert torch.equal(x, y)
     assert float(b[5][1]) == float(inputs[5][1]) + 1, "an empty tensor's step must advance"
 
@@ -302,7 +302,7 @@ def test_restore_adamw_grad_scale_unscales(device):
     a = run_adamw(ops.restore_adamw_, inputs)
     for scale in (torch.tensor(1024.0, device=device), torch.tensor(1024.0)):
         b = run_adamw(ops.restore_adamw_, scaled, grad_scale=scale)
-        for x, y in zip(a[0], b[0]):
+        for x, y in zip(a[0], b[0], strict=False):
             torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
 
 
@@ -311,12 +311,12 @@ def test_restore_adamw_fp64_steps_and_misaligned(device):
     inputs[5] = [s.double() for s in inputs[5]]
     a = run_adamw(ops.restore_adamw_, inputs)
     assert all(s.dtype == torch.float64 and float(s) == float(s0) + 1
-               for s, s0 in zip(a[5], inputs[5]))
+               for s, s0 in zip(a[5], inputs[5], strict=False))
     # The same values at storage offset 1 (run_adamw would clone them aligned).
     mis = [[misaligned(t) for t in group] for group in inputs[:5]]
     ops.restore_adamw_(*mis, [s.clone() for s in inputs[5]], **HYPER)
     for i in (0, 3, 4):
-        for x, y in zip(a[i], mis[i]):
+        for x, y in zip(a[i], mis[i], strict=False):
             assert torch.equal(x, y), "results depend on alignment"
 
 

@@ -64,7 +64,7 @@ def test_parameter_listed_twice_is_perturbed_and_updated_once(base):
         for i in range(4):
             opt.step(closure_for(model, opt, i))
         runs.append([p.detach().clone() for p in model.parameters()])
-    for a, b in zip(*runs):
+    for a, b in zip(*runs, strict=False):
         assert torch.equal(a, b)
 
 
@@ -109,8 +109,8 @@ def test_mask_of_only_unused_tensors_is_drawn_again():
         opt._set_mask(only_unused.clone())  # the draw that used to block every step
         opt.step(closure_for(model, opt, i))
         assert not opt.perturbed
-    assert any(not torch.equal(p, b) for p, b in zip(model.used.parameters(), used_before))
-    for p, b in zip(model.unused.parameters(), unused_before):
+    assert any(not torch.equal(p, b) for p, b in zip(model.used.parameters(), used_before, strict=False))
+    for p, b in zip(model.unused.parameters(), unused_before, strict=False):
         assert torch.equal(p, b)
     assert opt.skipped_steps == 0
 
@@ -183,4 +183,4 @@ def test_optimizer_on_a_copied_model_trains_every_arm(how):
     before = [p.detach().clone() for p in opt2.arms]
     for i in range(30):
         opt2.step(closure_for(copied, opt2, 10 + i))
-    assert all(not torch.equal(p.detach(), b) for p, b in zip(opt2.arms, before))
+    assert all(not torch.equal(p.detach(), b) for p, b in zip(opt2.arms, before, strict=False))
