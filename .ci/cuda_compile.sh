@@ -48,7 +48,7 @@ EOF
   log "installing $TORCH_SPEC (CUDA build) into $VENV"
   "$VENV/bin/pip" install -q "$TORCH_SPEC" numpy pytest hypothesis ninja "setuptools>=77" build
 fi
-"$VENV/bin/python" -c "import pytest, hypothesis, ninja, numpy, build" 2>/dev/null \
+(cd / && "$VENV/bin/python" -c "import pytest, hypothesis, ninja, numpy, build") 2>/dev/null \
   || "$VENV/bin/pip" install -q "$TORCH_SPEC" numpy pytest hypothesis ninja "setuptools>=77" build
 log "torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)')"
 
@@ -56,7 +56,9 @@ log "torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__, "cuda
 #    outputs out of it).
 rm -rf "$WORK"
 mkdir -p "$WORK/dist" "$WORK/run"
-"$VENV/bin/python" -m build --sdist --no-isolation --outdir "$WORK/dist" "$ROOT" > "$WORK/sdist.log" 2>&1 || {
+# NOTE: from $WORK: in the checkout, the CMake folder build/ would shadow the build package.
+(cd "$WORK" && "$VENV/bin/python" -m build --sdist --no-isolation --outdir "$WORK/dist" "$ROOT") \
+  > "$WORK/sdist.log" 2>&1 || {
   tail -n 40 "$WORK/sdist.log" >&2
   log "sdist failed (full log: $WORK/sdist.log)" >&2
   exit 1

@@ -41,7 +41,9 @@ log "venv with torch $torch_before"
 
 # 2. The sdist, built from the checkout as it is (with whatever build outputs
 #    lie in it: MANIFEST.in must keep them out).
-"$PY" -m build --sdist --no-isolation --outdir "$WORK/dist" "$ROOT" > "$WORK/sdist.log" 2>&1 || {
+# NOTE: from $WORK: in the checkout, the CMake folder build/ would shadow the build package.
+(cd "$WORK" && "$PY" -m build --sdist --no-isolation --outdir "$WORK/dist" "$ROOT") \
+  > "$WORK/sdist.log" 2>&1 || {
   tail -n 40 "$WORK/sdist.log" >&2
   exit 1
 }
