@@ -30,8 +30,8 @@ from finetune.cli import DEFAULTS
 HERE = Path(__file__).resolve().parent
 DEFAULT_METHODS = ["adamw", "sam", "slsam:0.2", "slsam:0.5", "uniform:0.2", "uniform:0.5",
                    "rst:0.5", "looksam:5"]
-DEMO = dict(task="text", methods=["adamw", "sam", "slsam:0.2", "uniform:0.2"], seeds=[0],
-            steps=60, eval_every=10.0, in_process=True)
+DEMO = dict(task="text", methods=["adamw", "sam", "slsam:0.2", "slsam:0.2@lrscale=1"], seeds=[0],
+            steps=60, eval_every=15.0, in_process=True)
 
 
 def run_file(out: Path, task: str, method: str, seed: int) -> Path:
