@@ -80,16 +80,17 @@ start=$(date +%s)
 }
 log "built in $(($(date +%s) - start)) s"
 
-# The tests, what they import from the repository (examples/, benchmarks/)
+# The tests, what they import from the repository (examples/, benchmarks/, the
+# csrc/ headers that tests/test_mask_replay.py compiles for the host)
 # and pytest's settings (pyproject.toml), copied out of the tree: only the
 # installed slsam can be imported there.
 cd "$ROOT"
 if git rev-parse --is-inside-work-tree > /dev/null 2>&1; then
-  git ls-files -z --cached --others --exclude-standard -- tests examples benchmarks pyproject.toml \
+  git ls-files -z --cached --others --exclude-standard -- tests examples benchmarks csrc pyproject.toml \
     | tar --null --ignore-failed-read -cf - -T - 2>/dev/null \
     | tar -xf - -C "$WORK/run"
 else
-  tar --exclude=__pycache__ -cf - tests examples benchmarks pyproject.toml | tar -xf - -C "$WORK/run"
+  tar --exclude=__pycache__ -cf - tests examples benchmarks csrc pyproject.toml | tar -xf - -C "$WORK/run"
 fi
 cd "$WORK/run"
 
