@@ -320,15 +320,18 @@ class SLSAM(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(  # type: ignore[override]
-        self, closure: Closure | None = None, *, scaler: GradScaler | None = None
+        self, closure: Closure | None = None, *, scaler: GradScaler | None = None,
+        first_pass_done: bool = False,
     ) -> Tensor | None:
         """One SL-SAM step; returns the loss at the unperturbed point when it ran it.
 
         ``closure`` computes the loss and runs backward (zeroing grads is optional:
-        the optimizer clears them between passes). If the active tensors already
-        hold gradients at entry (the user ran the first backward, as with
-        davda54/sam), they are the first pass and the closure runs once;
-        otherwise it runs twice (PyTorch's closure convention).
+        the optimizer clears them between passes). It runs for both passes
+        (PyTorch's closure convention); gradients present at entry are discarded
+        first (e.g. those a generator's backward left on a discriminator in a GAN).
+        ``first_pass_done=True`` (davda54/sam's convention): the caller ran the
+        first backward, the active tensors' gradients at entry are the first pass
+        and the closure runs once (twice if no active tensor holds a gradient).
 
         Called without a closure after :meth:`first_step` (e.g. by
         ``GradScaler.step(opt)``, Hugging Face's Trainer or Lightning), it is
@@ -350,7 +353,9 @@ class SLSAM(torch.optim.Optimizer):
         _check_group_rhos(self.param_groups)  # before the closure: a refused step runs no pass
         loss0 = None
         try:
-            if not any(p.grad is not None for p in self._active):
+            if not first_pass_done:
+                self._clear_grads()
+            if not (first_pass_done and any(p.grad is not None for p in self._active)):
                 loss0 = self._first_pass(closure)
             self.first_step(scaler=scaler)
         except BaseException:

@@ -184,3 +184,69 @@ def test_optimizer_on_a_copied_model_trains_every_arm(how):
     for i in range(30):
         opt2.step(closure_for(copied, opt2, 10 + i))
     assert all(not torch.equal(p.detach(), b) for p, b in zip(opt2.arms, before, strict=False))
+
+
+# ----- gradients left at entry (a GAN's generator step) are not the first pass -----
+
+
+def gan() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8)), nn.Sequential(
+        nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1))
+
+
+@pytest.mark.parametrize("base", [torch.optim.AdamW, torch.optim.SGD], ids=["adamw", "sgd"])
+def test_gradients_left_by_another_backward_are_discarded_at_entry(base):
+    """G's loss backpropagates through D and leaves gradients on D's tensors; D's
+    step(closure) must run its own first pass, as if they were not there."""
+    runs = []
+    for leftover in (False, True):
+        gen, disc = gan()
+        d_opt = slsam.SLSAM(disc.parameters(), base, rho=0.05, sparsity=0.5, seed=0, lr=1e-2)
+        for i in range(4):
+            g = torch.Generator().manual_seed(i)
+            z, real = torch.randn(16, 4, generator=g), torch.randn(16, 8, generator=g)
+            if leftover:  # the generator's loss, through D (G's optimizer left out)
+                (-disc(gen(z)).mean()).backward()
+                assert any(p.grad is not None for p in d_opt._active)
+            calls = []
+
+            def closure(z=z, real=real, calls=calls) -> torch.Tensor:
+                calls.append(1)
+                d_opt.zero_grad()
+                loss = (F.softplus(-disc(real)) + F.softplus(disc(gen(z).detach()))).mean()
+                loss.backward()
+                return loss
+
+            d_opt.step(closure)
+            assert len(calls) == 2
+        runs.append([p.detach().clone() for p in disc.parameters()])
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_first_pass_done_takes_the_gradients_at_entry():
+    """davda54/sam's convention, asked for: the gradients at entry are the first pass."""
+    model = TwoHeads()
+    opt = slsam.SLSAM(model.used.parameters(), torch.optim.SGD, rho=0.5, sparsity=1.0, lr=0.1)
+    ref = copy.deepcopy(model)
+    ref_opt = slsam.SLSAM(ref.used.parameters(), torch.optim.SGD, rho=0.5, sparsity=1.0, lr=0.1)
+    x, y = batch(0)
+    x2, y2 = batch(1)
+    F.cross_entropy(model(x2), y2).backward()  # the first pass on another batch
+    calls = []
+
+    def closure() -> torch.Tensor:
+        calls.append(1)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure, first_pass_done=True)
+    assert len(calls) == 1
+    F.cross_entropy(ref(x2), y2).backward()
+    ref_opt.first_step()
+    F.cross_entropy(ref(x), y).backward()
+    ref_opt.second_step()
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
+        assert torch.equal(a, b)
