@@ -195,6 +195,18 @@ def gan() -> tuple[nn.Module, nn.Module]:
         nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1))
 
 
+def disc_closure(gen: nn.Module, disc: nn.Module, z: torch.Tensor, real: torch.Tensor,
+                 calls: list[int]):
+    def closure() -> torch.Tensor:
+        calls.append(1)
+        disc.zero_grad()
+        loss = (F.softplus(-disc(real)) + F.softplus(disc(gen(z).detach()))).mean()
+        loss.backward()
+        return loss
+
+    return closure
+
+
 @pytest.mark.parametrize("base", [torch.optim.AdamW, torch.optim.SGD], ids=["adamw", "sgd"])
 def test_gradients_left_by_another_backward_are_discarded_at_entry(base):
     """G's loss backpropagates through D and leaves gradients on D's tensors; D's
@@ -209,16 +221,8 @@ def test_gradients_left_by_another_backward_are_discarded_at_entry(base):
             if leftover:  # the generator's loss, through D (G's optimizer left out)
                 (-disc(gen(z)).mean()).backward()
                 assert any(p.grad is not None for p in d_opt._active)
-            calls = []
-
-            def closure(z=z, real=real, calls=calls) -> torch.Tensor:
-                calls.append(1)
-                d_opt.zero_grad()
-                loss = (F.softplus(-disc(real)) + F.softplus(disc(gen(z).detach()))).mean()
-                loss.backward()
-                return loss
-
-            d_opt.step(closure)
+            calls: list[int] = []
+            d_opt.step(disc_closure(gen, disc, z, real, calls))
             assert len(calls) == 2
         runs.append([p.detach().clone() for p in disc.parameters()])
     for a, b in zip(*runs, strict=True):
