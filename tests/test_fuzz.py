@@ -3,8 +3,8 @@
 A state machine drives SLSAM through random sequences of: step(closure) in either
 closure convention (PyTorch's: the closure runs both passes; davda54/sam's: the first
 backward before step(closure, first_pass_done=True)), first_step()/second_step() (and
-step() without a closure as the second half), state_dict()/load_state_dict() round trips into a fresh optimizer
-(also through torch.save), dense() blocks with a backward inside (and a step
+step() without a closure as the second half), state_dict()/load_state_dict() round
+trips into a fresh optimizer (also through torch.save), dense() blocks with a backward inside (and a step
 after one, without zero_grad()), zero_grad(), steps
 with a non-finite gradient, and misuse calls that must raise. After every call it
 checks the invariants:
