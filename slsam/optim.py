@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.amp.grad_scaler import GradScaler, OptState
+from torch.amp.grad_scaler import GradScaler
 
-from slsam import ops
+from slsam import _amp, ops
 from slsam._backups import BackupPool
 
 Closure = Callable[[], Tensor]
@@ -434,6 +434,8 @@ class SLSAM(torch.optim.Optimizer):
         if grad_scale is not None:
             arm_norms = arm_norms / grad_scale.to(arm_norms.device, torch.float32)
         self._pending = dict(groups=groups, arm_norms=arm_norms, found_inf=found_inf)
+        if scaler is not None:
+            _amp.allow_second_unscale(scaler, self)
         self._clear_grads()
 
     @torch.no_grad()
@@ -474,10 +476,7 @@ class SLSAM(torch.optim.Optimizer):
                                self.alpha, self._k, self.normalize_loss)
         self._skipped += found_inf
         if scaler is not None and scaler.is_enabled():
-            # What GradScaler.step() would record, so that scaler.update() backs off.
-            state = scaler._per_optimizer_states[id(self)]
-            state["found_inf_per_device"] = {found_inf.device: found_inf.float()}
-            state["stage"] = OptState.STEPPED
+            _amp.record_step(scaler, self, found_inf)
         self._pending = None
         self._clear_grads()
         if self._sparse:
@@ -619,9 +618,10 @@ class SLSAM(torch.optim.Optimizer):
         return t
 
     def _grad_scale(self, scaler: GradScaler | None) -> Tensor | None:
-        """The loss scale the gradients carry: the scaler's, or GradScaler.step()'s attribute."""
+        """The loss scale the gradients carry: the scaler's (None once ``unscale_()``d),
+        or GradScaler.step()'s attribute."""
         if scaler is not None:
-            return scaler._scale if scaler.is_enabled() else None
+            return _amp.loss_scale(scaler, self)
         return getattr(self, "grad_scale", None)
 
     def _check_grads(self, params: list[Tensor]) -> None:

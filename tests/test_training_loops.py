@@ -254,3 +254,104 @@ def test_first_pass_done_takes_the_gradients_at_entry():
     ref_opt.second_step()
     for a, b in zip(model.parameters(), ref.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+# ----- fp16 loss scaling with AMP's clipping pattern (unscale_, then clip) -----
+
+
+CLIP = 0.05
+
+
+def amp_run(base, style: str, scaled: bool, steps: int = 4) -> list[torch.Tensor]:
+    """SAM with clipping inside the closure; ``scaled``: through a GradScaler, with
+    ``unscale_(opt)`` before the clip as AMP documents it. ``style``: clip (and
+    unscale) in every pass, in the second pass only, or the two-call style with
+    ``scaler.step(opt)``. The loss is small so that AdamW's eps matters."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
+    lr = 1e-2 if base is torch.optim.AdamW else 100.0  # SGD: a visible step from tiny grads
+    opt = slsam.SLSAM(model.parameters(), base, rho=0.05, sparsity=0.5, seed=0, lr=lr)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=1000,
+                                  enabled=scaled)
+
+    def pass_(x: torch.Tensor, y: torch.Tensor, clip: bool) -> torch.Tensor:
+        loss = F.cross_entropy(model(x), y) * 1e-4
+        scaler.scale(loss).backward()
+        if clip:
+            scaler.unscale_(opt)  # a no-op when the scaler is disabled
+            torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP * 1e-4)
+        return loss
+
+    for i in range(steps):
+        x, y = batch(i)
+        if style == "two_call":
+            pass_(x, y, True)
+            opt.first_step(scaler=scaler)
+            pass_(x, y, True)
+            scaler.step(opt)
+        else:
+            def closure(x=x, y=y) -> torch.Tensor:
+                opt.zero_grad()
+                return pass_(x, y, style == "every_pass" or opt.perturbed)
+
+            opt.step(closure, scaler=scaler)
+        scaler.update()
+        assert not opt.perturbed
+    assert opt.skipped_steps == 0
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("style", ["every_pass", "second_pass_only", "two_call"])
+@pytest.mark.parametrize("base", [torch.optim.AdamW, torch.optim.SGD], ids=["adamw", "sgd"])
+def test_amp_unscale_and_clip_in_the_closure_equals_the_unscaled_run(base, style):
+    scaled = amp_run(base, style, scaled=True)
+    plain = amp_run(base, style, scaled=False)
+    start = amp_run(base, style, scaled=False, steps=0)
+    moved = max(float((p - p0).abs().max()) for p, p0 in zip(plain, start, strict=True))
+    assert moved > 1e-4
+    for s, p in zip(scaled, plain, strict=True):
+        torch.testing.assert_close(s, p, rtol=0, atol=1e-4 * moved)
+
+
+def test_amp_private_record_helpers_follow_the_installed_torch():
+    """slsam/_amp.py reads and writes GradScaler's private per-optimizer record."""
+    from slsam import _amp
+
+    p = nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([p], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    scaler.scale(p.sum()).backward()
+    assert float(_amp.loss_scale(scaler, opt)) == 4.0
+    scaler.unscale_(opt)
+    assert _amp.loss_scale(scaler, opt) is None and torch.equal(p.grad, torch.ones(3))
+    _amp.allow_second_unscale(scaler, opt)
+    p.grad.mul_(4.0)
+    scaler.unscale_(opt)  # allowed again
+    assert torch.equal(p.grad, torch.ones(3))
+    _amp.record_step(scaler, opt, torch.ones((), dtype=torch.bool))
+    scaler.update()  # reads the record: a non-finite step halves the scale
+    assert scaler.get_scale() == 2.0
+    assert _amp.loss_scale(torch.amp.GradScaler("cpu", enabled=False), opt) is None
+
+
+def test_amp_unscale_in_the_closure_still_skips_a_non_finite_pass_and_backs_off():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2))
+    opt = slsam.SAM(model.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = batch(0)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        scaler.scale(loss * (float("inf") if opt.perturbed else 1.0)).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        return loss
+
+    opt.step(closure, scaler=scaler)
+    scaler.update()
+    assert opt.skipped_steps == 1 and scaler.get_scale() == 2.0**15
+    for p, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p, b)
