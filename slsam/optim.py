@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.amp.grad_scaler import GradScaler
 
 from slsam import _amp, ops
+from slsam._adamw_state import adamw_state
 from slsam._backups import BackupPool
 
 Closure = Callable[[], Tensor]
@@ -707,14 +708,7 @@ class SLSAM(torch.optim.Optimizer):
                 float(group["weight_decay"]), float(group["eps"]), grad_scale, found_inf)
 
     def _adamw_state(self, p: Tensor) -> dict[str, Any]:
-        state = self.base_optimizer.state[p]
-        if not state:  # as torch.optim.AdamW lays it out (fused: step on the device)
-            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        elif state["step"].device != p.device:
-            state["step"] = state["step"].to(p.device)
-        return state
+        return adamw_state(self.base_optimizer.state[p], p)
 
 
 class SAM(SLSAM):

@@ -355,3 +355,65 @@ def test_amp_unscale_in_the_closure_still_skips_a_non_finite_pass_and_backs_off(
     assert opt.skipped_steps == 1 and scaler.get_scale() == 2.0**15
     for p, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(p, b)
+
+
+# ----- memory-layout changes after the state exists -----
+
+
+def conv_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.Tanh(), nn.Conv2d(8, 8, 3), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 2))
+
+
+def conv_closure(model: nn.Module, opt: torch.optim.Optimizer, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(8, 3, 8, 8, generator=g)
+    if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
+        x = x.to(memory_format=torch.channels_last)
+    y = (x[:, 0, 0, 0] > 0).long()
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def conv_steps(model: nn.Module, opt: torch.optim.Optimizer, seeds: range) -> None:
+    for i in seeds:
+        opt.step(conv_closure(model, opt, i))
+
+
+def assert_same_run(model: nn.Module, ref: nn.Module) -> None:
+    """Equal up to the summation order of the norms, which the memory format changes."""
+    for p, r in zip(model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("when", ["model_moved_after_steps", "contiguous_checkpoint_resumed"])
+def test_channels_last_after_the_state_exists_trains_like_contiguous(when):
+    ref = conv_model()
+    ref_opt = slsam.SAM(ref.parameters(), rho=0.05, lr=1e-2)
+    conv_steps(ref, ref_opt, range(6))
+
+    model = conv_model()
+    opt = slsam.SAM(model.parameters(), rho=0.05, lr=1e-2)
+    assert opt._fused
+    conv_steps(model, opt, range(3))
+    if when == "model_moved_after_steps":
+        model.to(memory_format=torch.channels_last)
+    else:
+        sd = opt.state_dict()
+        model_sd = model.state_dict()
+        model = conv_model().to(memory_format=torch.channels_last)
+        model.load_state_dict(model_sd)
+        opt = slsam.SAM(model.parameters(), rho=0.05, lr=1e-2)
+        opt.load_state_dict(sd)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    conv_steps(model, opt, range(3, 6))
+    assert_same_run(model, ref)
+    state = opt.state[model[0].weight]
+    assert state["exp_avg"].stride() == model[0].weight.stride()
