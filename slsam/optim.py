@@ -114,7 +114,8 @@ class SLSAM(torch.optim.Optimizer):
         params: parameters or param groups. A group with ``"always_active": True``
             is perturbed and updated every step, outside the bandit (e.g. a freshly
             initialised classifier head). Parameters with ``requires_grad=False`` at
-            construction stay frozen and are not arms.
+            construction are not arms; one unfrozen later trains every step from
+            then on, as an always-active one.
         base_optimizer: the optimizer class that takes the update step (AdamW:
             fused restore + update kernel; any other: restore, then its ``step()``).
         rho: perturbation radius.
@@ -210,6 +211,12 @@ class SLSAM(torch.optim.Optimizer):
             p for g in self.param_groups if g.get("always_active", False)
             for p in g["params"] if _trainable(p)]
         self._trainable_ids = {id(p) for p in trainable}
+        # NOTE: frozen at construction, so not arms; one the user unfreezes later (gradual
+        # unfreezing) trains every step from then on, as an always-active tensor, on every
+        # base optimizer's path (see _apply_mask and _note_unfrozen).
+        self._late: list[Tensor] = [p for g in self.param_groups for p in g["params"]
+                                    if not _trainable(p) and p.is_floating_point()]
+        self._late_on: list[bool] = [False] * len(self._late)
         for p in trainable:  # masked off by an earlier SLSAM: trainable again (see _MASKED)
             if getattr(p, _MASKED, False):
                 p.requires_grad_(True)
@@ -354,6 +361,7 @@ class SLSAM(torch.optim.Optimizer):
         _check_group_rhos(self.param_groups)  # before the closure: a refused step runs no pass
         loss0 = None
         try:
+            self._note_unfrozen()
             if not first_pass_done:
                 self._clear_grads()
             if not (first_pass_done and any(p.grad is not None for p in self._active)):
@@ -387,7 +395,8 @@ class SLSAM(torch.optim.Optimizer):
         _check_group_rhos(self.param_groups)
         self._drop_inactive_grads()
         arm_grads = [p.grad for p in self._active_arms]
-        always = [p for p in self._always if p.grad is not None]
+        self._note_unfrozen()
+        always = [p for p in self._active[len(self._active_arms):] if p.grad is not None]
         norm_inputs = [g if g is not None else self._empty_grad(p)
                        for p, g in zip(self._active_arms, arm_grads, strict=False)]
         norm_inputs += [p.grad for p in always]
@@ -572,10 +581,17 @@ class SLSAM(torch.optim.Optimizer):
         else:
             self._expect_grad = [True] * len(self._arms)
         self._active_arms = [p for p, on in zip(self._arms, self._mask_list, strict=False) if on]
-        ids = {id(p) for p in self._active_arms} | {id(p) for p in self._always}
+        self._late_on = [p.requires_grad for p in self._late]
+        late = [p for p, on in zip(self._late, self._late_on, strict=True) if on]
+        ids = {id(p) for p in self._active_arms} | {id(p) for p in self._always + late}
         self._active_by_group = [[p for p in g["params"] if id(p) in ids]
                                  for g in self.param_groups]
-        self._active = self._active_arms + self._always
+        self._active = self._active_arms + self._always + late
+
+    def _note_unfrozen(self) -> None:
+        """Take in the tensors frozen at construction that the user has (un)frozen since."""
+        if self._late and [p.requires_grad for p in self._late] != self._late_on:
+            self._apply_mask()
 
     def _note_user_frozen(self) -> None:
         """Record the arms the user froze or unfroze since the mask was last applied.

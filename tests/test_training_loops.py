@@ -417,3 +417,52 @@ def test_channels_last_after_the_state_exists_trains_like_contiguous(when):
     assert_same_run(model, ref)
     state = opt.state[model[0].weight]
     assert state["exp_avg"].stride() == model[0].weight.stride()
+
+
+# ----- the user's requires_grad wins: gradual unfreezing -----
+
+
+class PlainAdamW(torch.optim.AdamW):
+    """AdamW that is not exactly torch.optim.AdamW: SLSAM takes the generic path."""
+
+
+@pytest.mark.parametrize("base", [torch.optim.AdamW, PlainAdamW, torch.optim.SGD],
+                         ids=["fused_adamw", "generic_adamw", "sgd"])
+def test_layer_frozen_at_construction_trains_once_unfrozen(base):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    body = model[0]
+    body.requires_grad_(False)  # frozen before the optimizer exists
+    opt = slsam.SLSAM(model.parameters(), base, rho=0.05, sparsity=0.5, seed=0, lr=1e-2)
+    assert len(opt.arms) == 4
+    w0 = body.weight.detach().clone()
+    for i in range(3):
+        opt.step(closure_for(model, opt, i))
+    assert torch.equal(body.weight, w0)
+    body.requires_grad_(True)  # gradual unfreezing
+    for i in range(3, 6):
+        before = body.weight.detach().clone()
+        opt.step(closure_for(model, opt, i))
+        assert not torch.equal(body.weight, before)  # every step, outside the bandit
+        assert body.weight.requires_grad
+    body.requires_grad_(False)  # frozen again: never updated
+    w1 = body.weight.detach().clone()
+    for i in range(6, 9):
+        opt.step(closure_for(model, opt, i))
+    assert torch.equal(body.weight, w1) and body.weight.grad is None
+
+
+def test_unfrozen_layer_trains_alike_on_the_fused_and_the_generic_path():
+    runs = []
+    for base in (torch.optim.AdamW, PlainAdamW):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+        model[0].requires_grad_(False)
+        opt = slsam.SLSAM(model.parameters(), base, rho=0.05, sparsity=0.5, seed=0, lr=1e-2)
+        opt.step(closure_for(model, opt, 0))
+        model[0].requires_grad_(True)
+        for i in range(1, 5):
+            opt.step(closure_for(model, opt, i))
+        runs.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
