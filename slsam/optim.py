@@ -432,8 +432,10 @@ class SLSAM(torch.optim.Optimizer):
         done: list[tuple[list[Tensor], list[Tensor]]] = []
         try:
             for group, ps, backups in groups:
-                ops.perturb_(ps, [p.grad for p in ps], backups, total, group["rho"],
-                             group["adaptive"])
+                # NOTE: a base optimizer with maximize=True ascends the loss, so the
+                # worst nearby point for it lies along -g.
+                rho = -group["rho"] if group.get("maximize") else group["rho"]
+                ops.perturb_(ps, [p.grad for p in ps], backups, total, rho, group["adaptive"])
                 done.append((ps, backups))
         except BaseException:
             for ps, backups in done:  # NOTE: a kernel refused a later group: undo the earlier

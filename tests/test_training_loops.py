@@ -466,3 +466,31 @@ def test_unfrozen_layer_trains_alike_on_the_fused_and_the_generic_path():
         runs.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+# ----- maximize=True: the perturbation ascends the objective being minimised -----
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])
+@pytest.mark.parametrize("base", [torch.optim.AdamW, torch.optim.SGD], ids=["adamw", "sgd"])
+def test_maximizing_the_negated_loss_equals_minimising_the_loss(base, adaptive):
+    runs = []
+    for maximize in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+        opt = slsam.SLSAM(model.parameters(), base, rho=0.1, sparsity=0.5, seed=0, lr=1e-2,
+                          adaptive=adaptive, maximize=maximize)
+        sign = -1.0 if maximize else 1.0
+        for i in range(4):
+            x, y = batch(i)
+
+            def closure(x=x, y=y, sign=sign, opt=opt, model=model) -> torch.Tensor:
+                opt.zero_grad()
+                loss = sign * F.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+        runs.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
