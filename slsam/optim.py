@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.amp.grad_scaler import GradScaler
 
 from slsam import _amp, ops
-from slsam._adamw_state import adamw_state
+from slsam._adamw_state import adamw_state, keep_saved_wide_moments, restore_adamw_
 from slsam._backups import BackupPool
 
 Closure = Callable[[], Tensor]
@@ -553,6 +553,8 @@ class SLSAM(torch.optim.Optimizer):
         # reference only), as torch keeps whatever lies outside param_groups; the saved
         # probabilities are brought to this sparsity by the next bandit update.
         self._fused = self._fused_adamw_ok()
+        if self._fused:
+            keep_saved_wide_moments(self.state, self.param_groups, sd)
         mask = extra["mask"].to(self._device, torch.bool)
         if not self._sparse:  # every arm, every step: a saved sparse mask does not apply
             mask = torch.ones_like(mask)
@@ -719,7 +721,7 @@ class SLSAM(torch.optim.Optimizer):
             params = [ps[i] for i in upd]
             states = [self._adamw_state(p) for p in params]
             beta1, beta2 = group["betas"]
-            ops.restore_adamw_(
+            restore_adamw_(
                 params, [backups[i] for i in upd], [p.grad for p in params],
                 [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                 [s["step"] for s in states], float(group["lr"]), float(beta1), float(beta2),

@@ -678,7 +678,9 @@ def test_mixed_precision_parameter_list():
         opt.step(make_closure(net, opt, x, y))
     assert opt.skipped_steps == 0
     for p, b in zip(net.parameters(), before, strict=False):
-        assert opt.state[p]["exp_avg"].dtype == p.dtype
+        # fp16 tensors keep fp32 moments (tests/test_training_loops.py says why)
+        want = torch.float32 if p.dtype == torch.float16 else p.dtype
+        assert opt.state[p]["exp_avg"].dtype == want
         assert bool(torch.isfinite(p).all()) and not torch.equal(p, b)
 
     dts = (torch.float32, torch.bfloat16, torch.bfloat16)

@@ -494,3 +494,66 @@ def test_maximizing_the_negated_loss_equals_minimising_the_loss(base, adaptive):
         runs.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+# ----- fp16 parameters keep fp32 moments -----
+
+
+@pytest.mark.parametrize("grad", [1e-2, 1e-3])
+def test_fp16_parameters_take_steps_of_lr_with_small_gradients(grad):
+    """A constant gradient: AdamW's step is lr. In fp16 moments (1 - beta2) * g^2
+    underflows and the step grew far beyond lr."""
+    p = nn.Parameter(torch.zeros(64, dtype=torch.float16))
+    lr, steps = 1e-4, 300
+    opt = slsam.SAM([p], rho=1e-3, lr=lr, weight_decay=0.0)
+    assert opt._fused
+    c = torch.full((64,), -grad, dtype=torch.float16)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = (p * c).sum()
+        loss.backward()
+        return loss
+
+    moves = []
+    for _ in range(steps):
+        before = p.detach().float().clone()
+        opt.step(closure)
+        moves.append(float((p.detach().float() - before).mean()))
+    late = sum(moves[-100:]) / 100
+    assert 0.9 * lr < late < 1.1 * lr, late / lr  # fp16 rounding of x is within 5% here
+    assert max(moves) < 1.5 * lr
+    assert opt.state[p]["exp_avg_sq"].dtype == torch.float32
+
+
+def test_fp16_parameters_resume_with_their_fp32_moments():
+    """torch's load_state_dict casts the moments to the parameter's dtype; SLSAM keeps
+    the saved fp32 moments of fp16 parameters."""
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(16).half())
+    opt = slsam.SAM([p], rho=1e-3, lr=1e-3)
+    closure = closure_fp16(p, opt)
+    for _ in range(3):
+        opt.step(closure)
+    sd = copy.deepcopy(opt.state_dict())
+    q = nn.Parameter(p.detach().clone())
+    resumed = slsam.SAM([q], rho=1e-3, lr=1e-3)
+    resumed.load_state_dict(sd)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert resumed.state[q][key].dtype == torch.float32
+        assert torch.equal(resumed.state[q][key], opt.state[p][key])
+    opt.step(closure)
+    resumed.step(closure_fp16(q, resumed))
+    assert torch.equal(p, q)
+
+
+def closure_fp16(p: torch.Tensor, opt: torch.optim.Optimizer):
+    w = torch.linspace(-1e-3, 1e-3, p.numel(), dtype=torch.float16)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = (p * w).sum() + (p.float() ** 2).sum() * 1e-4
+        loss.backward()
+        return loss
+
+    return closure
