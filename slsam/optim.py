@@ -23,6 +23,8 @@ from torch.amp.grad_scaler import GradScaler
 from slsam import _amp, ops
 from slsam._adamw_state import adamw_state, keep_saved_wide_moments, restore_adamw_
 from slsam._backups import BackupPool
+from slsam._no_grad_watch import NoGradWatch
+from slsam._no_grad_watch import warn as warn_no_grad
 
 Closure = Callable[[], Tensor]
 
@@ -251,6 +253,11 @@ class SLSAM(torch.optim.Optimizer):
             reuse_backups = self._device.type == "cpu"
         self._backups = BackupPool(bool(reuse_backups))
         self._fused = self._fused_adamw_ok()
+        # Active tensors without a first-pass gradient, watched in the second forward
+        # (see slsam/_no_grad_watch.py); those found unused are not watched again.
+        self._watch: NoGradWatch | None = None
+        self._watched: set[int] = set()
+        self._warned_no_grad = False
         self._initialised = True
         if self._sparse:
             self._set_mask(ops.sample_mask(self._probs, self._generator))
@@ -446,6 +453,8 @@ class SLSAM(torch.optim.Optimizer):
         if grad_scale is not None:
             arm_norms = arm_norms / grad_scale.to(arm_norms.device, torch.float32)
         self._pending = dict(groups=groups, arm_norms=arm_norms, found_inf=found_inf)
+        if not self._warned_no_grad and any(g is None for g in arm_grads):
+            self._watch_gradless()
         if scaler is not None:
             _amp.allow_second_unscale(scaler, self)
         self._clear_grads()
@@ -459,6 +468,7 @@ class SLSAM(torch.optim.Optimizer):
             raise RuntimeError("second_step() called before first_step(); call first_step() "
                                "after the first backward")
         pending = self._pending
+        self._close_watch()
         # NOTE: a refused gradient or a failing base step must not leave the weights at
         # x + e: restore them exactly and forget the pass, then re-raise.
         try:
@@ -507,6 +517,7 @@ class SLSAM(torch.optim.Optimizer):
         # pass) to step as the original would. Hooks are left behind, as torch does.
         state = {k: v for k, v in self.__dict__.items() if not k.startswith("_optimizer_")}
         state["_backups"] = BackupPool(self._backups.reuse)  # scratch memory, not state
+        state["_watch"] = None  # a diagnosis of the pass in progress, not state
         return state
 
     # ----- state dict -----
@@ -701,9 +712,27 @@ class SLSAM(torch.optim.Optimizer):
                 "compute the loss, call loss.backward() and `return loss`")
         return loss
 
+    def _watch_gradless(self) -> None:
+        """Watch the second forward of the active tensors without a gradient (first seen)."""
+        gradless = [p for p in self._active if p.grad is None and id(p) not in self._watched]
+        if gradless:
+            self._watched.update(id(p) for p in gradless)
+            self._watch = NoGradWatch(gradless)
+
+    def _close_watch(self) -> None:
+        if self._watch is None:
+            return
+        found, self._watch = self._watch.close(), None
+        if found:
+            self._warned_no_grad = True
+            warn_no_grad(found)
+
     def _abort(self) -> None:
         """Undo a first_step(): restore the weights, forget the pass."""
         assert self._pending is not None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         for _, ps, backups in self._pending["groups"]:
             ops.restore_(ps, backups)
         self._pending = None

@@ -1,10 +1,13 @@
 """Real training loops: tied and duplicated parameters, masks the loss cannot use,
-load_state_dict() against the constructor's settings, copies of a masked model."""
+load_state_dict() against the constructor's settings, copies of a masked model,
+gradients left at entry (GAN), fp16 loss scaling with AMP's clipping, memory-format
+changes, gradual unfreezing, maximize=True, fp16 parameters, reentrant checkpointing."""
 
 from __future__ import annotations
 
 import copy
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -557,3 +560,48 @@ def closure_fp16(p: torch.Tensor, opt: torch.optim.Optimizer):
         return loss
 
     return closure
+
+
+# ----- reentrant activation checkpointing: gradless active tensors are reported -----
+
+
+class Checkpointed(nn.Module):
+    def __init__(self, use_reentrant: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.block = nn.Sequential(nn.Linear(8, 8), nn.Tanh())
+        self.head = nn.Linear(8, 2)
+        self.use_reentrant = use_reentrant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=self.use_reentrant)
+        return self.head(h)
+
+
+def slsam_warnings(model: nn.Module, steps: int = 6, two_call: bool = False) -> list[str]:
+    opt = slsam.SAM(model.parameters(), lr=1e-2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(steps):
+            if two_call:
+                x, y = batch(i)
+                F.cross_entropy(model(x), y).backward()
+                opt.first_step()
+                F.cross_entropy(model(x), y).backward()
+                opt.second_step()
+            else:
+                opt.step(closure_for(model, opt, i))
+    assert not torch.nn.modules.module._global_forward_hooks  # the watch is closed
+    return [str(w.message) for w in caught if str(w.message).startswith("SLSAM")]
+
+
+@pytest.mark.parametrize("two_call", [False, True], ids=["closure", "two_call"])
+def test_reentrant_checkpoint_without_grad_input_warns_once(two_call):
+    found = slsam_warnings(Checkpointed(use_reentrant=True), two_call=two_call)
+    assert len(found) == 1
+    assert "use_reentrant=False" in found[0] and "2 active tensor(s)" in found[0]
+
+
+def test_no_warning_for_non_reentrant_checkpoint_or_an_unused_head():
+    assert slsam_warnings(Checkpointed(use_reentrant=False)) == []
+    assert slsam_warnings(TwoHeads()) == []
