@@ -400,9 +400,9 @@ class SLSAM(torch.optim.Optimizer):
             raise RuntimeError("first_step() called twice; call second_step() after the "
                                "second forward/backward")
         _check_group_rhos(self.param_groups)
+        self._note_unfrozen()
         self._drop_inactive_grads()
         arm_grads = [p.grad for p in self._active_arms]
-        self._note_unfrozen()
         always = [p for p in self._active[len(self._active_arms):] if p.grad is not None]
         norm_inputs = [g if g is not None else self._empty_grad(p)
                        for p, g in zip(self._active_arms, arm_grads, strict=False)]

@@ -257,6 +257,8 @@ def test_first_pass_done_takes_the_gradients_at_entry():
     ref_opt.second_step()
     for a, b in zip(model.parameters(), ref.parameters(), strict=True):
         assert torch.equal(a, b)
+    opt.step(closure, first_pass_done=True)  # no gradient at entry: both passes
+    assert len(calls) == 3
 
 
 # ----- fp16 loss scaling with AMP's clipping pattern (unscale_, then clip) -----
@@ -363,15 +365,15 @@ def test_amp_unscale_in_the_closure_still_skips_a_non_finite_pass_and_backs_off(
 # ----- memory-layout changes after the state exists -----
 
 
-def conv_model() -> nn.Module:
+def conv_model(device: str) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 8, 3), nn.Tanh(), nn.Conv2d(8, 8, 3), nn.Flatten(),
-                         nn.Linear(8 * 4 * 4, 2))
+                         nn.Linear(8 * 4 * 4, 2)).to(device)
 
 
 def conv_closure(model: nn.Module, opt: torch.optim.Optimizer, seed: int):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(8, 3, 8, 8, generator=g)
+    x = torch.randn(8, 3, 8, 8, generator=g).to(next(model.parameters()).device)
     if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
         x = x.to(memory_format=torch.channels_last)
     y = (x[:, 0, 0, 0] > 0).long()
@@ -397,12 +399,12 @@ def assert_same_run(model: nn.Module, ref: nn.Module) -> None:
 
 
 @pytest.mark.parametrize("when", ["model_moved_after_steps", "contiguous_checkpoint_resumed"])
-def test_channels_last_after_the_state_exists_trains_like_contiguous(when):
-    ref = conv_model()
+def test_channels_last_after_the_state_exists_trains_like_contiguous(when, device):
+    ref = conv_model(device)
     ref_opt = slsam.SAM(ref.parameters(), rho=0.05, lr=1e-2)
     conv_steps(ref, ref_opt, range(6))
 
-    model = conv_model()
+    model = conv_model(device)
     opt = slsam.SAM(model.parameters(), rho=0.05, lr=1e-2)
     assert opt._fused
     conv_steps(model, opt, range(3))
@@ -411,7 +413,7 @@ def test_channels_last_after_the_state_exists_trains_like_contiguous(when):
     else:
         sd = opt.state_dict()
         model_sd = model.state_dict()
-        model = conv_model().to(memory_format=torch.channels_last)
+        model = conv_model(device).to(memory_format=torch.channels_last)
         model.load_state_dict(model_sd)
         opt = slsam.SAM(model.parameters(), rho=0.05, lr=1e-2)
         opt.load_state_dict(sd)
@@ -503,14 +505,14 @@ def test_maximizing_the_negated_loss_equals_minimising_the_loss(base, adaptive):
 
 
 @pytest.mark.parametrize("grad", [1e-2, 1e-3])
-def test_fp16_parameters_take_steps_of_lr_with_small_gradients(grad):
+def test_fp16_parameters_take_steps_of_lr_with_small_gradients(grad, device):
     """A constant gradient: AdamW's step is lr. In fp16 moments (1 - beta2) * g^2
     underflows and the step grew far beyond lr."""
-    p = nn.Parameter(torch.zeros(64, dtype=torch.float16))
+    p = nn.Parameter(torch.zeros(64, dtype=torch.float16, device=device))
     lr, steps = 1e-4, 300
     opt = slsam.SAM([p], rho=1e-3, lr=lr, weight_decay=0.0)
     assert opt._fused
-    c = torch.full((64,), -grad, dtype=torch.float16)
+    c = torch.full((64,), -grad, dtype=torch.float16, device=device)
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
