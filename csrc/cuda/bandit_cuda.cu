@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <mutex>
+#include <type_traits>
 
 #include "launch.cuh"
 #include "mask_draws.h"
@@ -28,7 +29,14 @@ struct DeviceBlock {
   int64_t* s_int;
 
   template <typename T>
-  __device__ T* scratch();
+  __device__ T* scratch() {
+    static_assert(std::is_same_v<T, double> || std::is_same_v<T, int64_t>, "double or int64_t");
+    if constexpr (std::is_same_v<T, double>) {
+      return s_double;
+    } else {
+      return s_int;
+    }
+  }
 
   template <typename Fn>
   __device__ void each(int64_t n, Fn&& fn) {
@@ -79,15 +87,6 @@ struct DeviceBlock {
     return count;
   }
 };
-
-template <>
-__device__ double* DeviceBlock::scratch<double>() {
-  return s_double;
-}
-template <>
-__device__ int64_t* DeviceBlock::scratch<int64_t>() {
-  return s_int;
-}
 
 // One block runs slsam::bandit_update_block; the CPU kernel runs the serial
 // slsam::bandit_update. The same fp64 operations per arm (no FMA contraction:
