@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "slsam/chunks.h"
 #include "slsam/elementwise.h"
 #include "slsam/reduce.h"
 
