@@ -51,6 +51,7 @@ BYTES_PER_ELEMENT = {"grad_norms": 1, "perturb_": 4, "restore_": 2, "restore_ada
                      "fused AdamW": 7}
 SAM_STEP = {"grad_norms": 2, "perturb_": 1, "restore_adamw_": 1}  # kernel calls per SAM step
 COPY_TARGET = 0.8  # goal: every kernel >= 80% of copy_'s bandwidth
+NORMS_TARGET = 3.0  # GPU goal: grad_norms >= 3x faster than _foreach_norm, 1000 tensors
 
 
 def count(text: str) -> int:
@@ -173,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             ok = r["of_copy"] >= COPY_TARGET
             verdicts.append(f"TARGET {'MET' if ok else 'MISSED'}: {r['op']} {r['dtype']} on "
                             f"{r['list']}: {r['of_copy']:.2f} of copy_ (target >= 0.8)")
+        if r["op"] == "grad_norms" and r["tensors"] >= 1000:
+            ok = r["speedup_vs_foreach_norm"] >= NORMS_TARGET
+            verdicts.append(f"TARGET {'MET' if ok else 'MISSED'}: grad_norms {r['dtype']} on "
+                            f"{r['list']}: {r['speedup_vs_foreach_norm']:.2f}x _foreach_norm "
+                            "(GPU target >= 3x)")
     print("\n".join(verdicts))
     config = dict(device=args.device, dtypes=args.dtypes, large=large, many=args.many,
                   small=small, min_run_time=args.min_run_time)
