@@ -21,6 +21,13 @@ inline std::vector<int64_t> numels_of(at::TensorList tensors) {
   return numels;
 }
 
+// Bytes of all the tensors of a list.
+inline int64_t bytes_of(at::TensorList tensors) {
+  int64_t bytes = 0;
+  for (const auto& t : tensors) bytes += t.numel() * static_cast<int64_t>(t.element_size());
+  return bytes;
+}
+
 // Calls fn(tensor_index, begin, end) for every chunk, in parallel.
 template <typename Fn>
 void for_each_chunk(at::TensorList tensors, Fn fn) {

@@ -20,7 +20,22 @@ SpanIsa detect() {
   return SpanIsa::kBaseline;
 }
 
+// NOTE: a fixed size rather than the cache size the OS reports, which virtual
+// machines often get wrong; 32 MiB is the last-level cache of common
+// server parts (one AMD CCD, a mid-size Xeon).
+constexpr int64_t kStreamBytes = int64_t{32} << 20;
+
+int64_t stream_threshold() {
+  const char* env = std::getenv("SLSAM_CPU_STREAM_BYTES");
+  return env != nullptr ? std::strtoll(env, nullptr, 10) : kStreamBytes;
+}
+
 }  // namespace
+
+bool stream_stores(int64_t bytes) {
+  static const int64_t threshold = stream_threshold();
+  return bytes >= threshold;
+}
 
 SpanIsa span_isa() {
   static const SpanIsa isa = detect();

@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "slsam/chunks.h"
 #include "slsam/elementwise.h"
 #include "slsam/reduce.h"
 
@@ -71,6 +72,16 @@ enum class SpanIsa { kBaseline, kAvx2 };
 // F16C and SLSAM_CPU_ISA is not "baseline".
 SpanIsa span_isa();
 const char* span_isa_name();
+
+// Whether an operator that moves `bytes` (all its reads and writes over the
+// whole list) writes its write-only operands (perturb_'s backups, the
+// params of restore_ and restore_adamw_) with streaming stores. They skip the
+// read of every destination line before it is written and leave the caches to
+// the other operands, but the data are then not in cache afterwards: worth it
+// only where they could not have stayed there anyway, i.e. above the
+// last-level cache (kStreamBytes; SLSAM_CPU_STREAM_BYTES overrides it, read
+// once).
+bool stream_stores(int64_t bytes);
 
 // Calls fn(spans) with the Spans type of the selected target, e.g.
 //   with_span_isa([&](auto isa) { decltype(isa)::perturb_span(...); });

@@ -3,7 +3,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cstring>
 #include <vector>
 
 #include "../checks.h"
@@ -30,6 +29,7 @@ void perturb_cpu(at::TensorList params, at::TensorList grads, at::TensorList bac
   std::vector<at::Tensor> gs;
   for (size_t i = 0; i < params.size(); ++i) gs.push_back(as_layout_of(grads[i], params[i]));
   const double scale = perturb_scale<double>(scalar_of(total_norm), rho, kPerturbEps);
+  const bool stream = stream_stores(4 * bytes_of(params));  // read x, g; write backup, x
   with_span_isa([&](auto isa) {
     for_each_chunk(params, [&](int64_t t, int64_t b, int64_t e) {
       SLSAM_DISPATCH_FLOATING(params[t].scalar_type(), "perturb_cpu", [&] {
@@ -37,7 +37,7 @@ void perturb_cpu(at::TensorList params, at::TensorList grads, at::TensorList bac
         decltype(isa)::perturb_span(params[t].data_ptr<scalar_t>() + b,
                                     backups[t].data_ptr<scalar_t>() + b,
                                     gs[t].const_data_ptr<scalar_t>() + b,
-                                    static_cast<acc_t>(scale), adaptive, e - b);
+                                    static_cast<acc_t>(scale), adaptive, stream, e - b);
       });
     });
   });
@@ -47,10 +47,14 @@ void restore_cpu(at::TensorList params, at::TensorList backups) {
   check_restore_args(params, backups);
   std::vector<at::Tensor> bks;
   for (size_t i = 0; i < params.size(); ++i) bks.push_back(as_layout_of(backups[i], params[i]));
-  for_each_chunk(params, [&](int64_t t, int64_t b, int64_t e) {
-    const int64_t item = params[t].element_size();
-    std::memcpy(static_cast<char*>(params[t].data_ptr()) + b * item,
-                static_cast<const char*>(bks[t].const_data_ptr()) + b * item, (e - b) * item);
+  const bool stream = stream_stores(2 * bytes_of(params));  // read backup; write x
+  with_span_isa([&](auto isa) {
+    for_each_chunk(params, [&](int64_t t, int64_t b, int64_t e) {
+      const int64_t item = params[t].element_size();
+      decltype(isa)::restore_span(static_cast<char*>(params[t].data_ptr()) + b * item,
+                                  static_cast<const char*>(bks[t].const_data_ptr()) + b * item,
+                                  stream, (e - b) * item);
+    });
   });
 }
 
@@ -76,6 +80,8 @@ void restore_adamw_cpu(at::TensorList params, at::TensorList backups, at::Tensor
   const AdamWHyper hyper = adamw_hyper(lr, beta1, beta2, weight_decay, eps);
   std::vector<double> next_step(n);
   for (size_t i = 0; i < n; ++i) next_step[i] = scalar_of(steps[i]) + 1.0;
+  // read x0, g, m, v; write x, m, v
+  const bool stream = stream_stores(7 * bytes_of(params));
   with_span_isa([&](auto isa) {
     for_each_chunk(params, [&](int64_t t, int64_t b, int64_t e) {
       SLSAM_DISPATCH_FLOATING(params[t].scalar_type(), "restore_adamw_cpu", [&] {
@@ -84,7 +90,8 @@ void restore_adamw_cpu(at::TensorList params, at::TensorList backups, at::Tensor
         decltype(isa)::restore_adamw_span(
             params[t].data_ptr<scalar_t>() + b, bks[t].const_data_ptr<scalar_t>() + b,
             gs[t].const_data_ptr<scalar_t>() + b, exp_avgs[t].data_ptr<scalar_t>() + b,
-            exp_avg_sqs[t].data_ptr<scalar_t>() + b, s, static_cast<acc_t>(inv_scale), e - b);
+            exp_avg_sqs[t].data_ptr<scalar_t>() + b, s, static_cast<acc_t>(inv_scale), stream,
+            e - b);
       });
     });
   });
