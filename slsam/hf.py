@@ -92,6 +92,6 @@ class SLSAMTrainer(Trainer):
             for micro_inputs, micro_items in replay:
                 super().training_step(model, micro_inputs, micro_items)
         except BaseException:
-            opt._abort()
+            opt.cancel_step()
             raise
         return loss

@@ -118,7 +118,7 @@ def test_mask_of_only_unused_tensors_is_drawn_again():
 def test_loss_using_no_parameter_still_raises_and_changes_nothing():
     model = TwoHeads()
     opt = slsam.SLSAM(model.parameters(), sparsity=0.5, seed=0, lr=1e-2)
-    mask, gen = opt.mask, opt._generator.get_state()
+    mask, gen = opt.mask, opt._bandit.generator.get_state()
     x, _ = batch(0)
 
     def closure() -> torch.Tensor:
@@ -128,7 +128,7 @@ def test_loss_using_no_parameter_still_raises_and_changes_nothing():
 
     with pytest.raises(RuntimeError, match="does not require grad"):
         opt.step(closure)
-    assert torch.equal(opt.mask, mask) and torch.equal(opt._generator.get_state(), gen)
+    assert torch.equal(opt.mask, mask) and torch.equal(opt._bandit.generator.get_state(), gen)
     assert [p.requires_grad for p in opt.arms] == mask.tolist()
 
 
