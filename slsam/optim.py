@@ -20,7 +20,7 @@ first, and what is restored or undone when a pass fails) read best in one place.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -63,6 +63,11 @@ class SLSAM(torch.optim.Optimizer):
             after each backward: no backward saving, but the autograd graph never
             changes (for ``torch.compile``d models and wrappers that cannot follow
             ``requires_grad`` changes).
+        arm_groups: the bandit's arms as groups of tensors (a list of lists of
+            parameters; e.g. ``slsam.arms.by_block(model)``): a group is sampled,
+            perturbed and updated as a whole, with the L2 norm over its tensors as the
+            arm's gradient norm. Trainable tensors listed in no group are one arm each;
+            default: one arm per tensor (the authors' algorithm).
         reuse_backups: keep the weight backups in one buffer reused every step
             (default: on CPU, where fresh memory costs a page fault per 4 KiB on its
             first write; CUDA's caching allocator reuses memory by itself). The
@@ -87,6 +92,7 @@ class SLSAM(torch.optim.Optimizer):
         adaptive: bool = False,
         normalize_loss: bool = False,
         mask_mode: str = "requires_grad",
+        arm_groups: Sequence[Sequence[Tensor]] | None = None,
         reuse_backups: bool | None = None,
         **base_kwargs: Any,
     ) -> None:
@@ -101,11 +107,11 @@ class SLSAM(torch.optim.Optimizer):
         self.state = self.base_optimizer.state
         self.mask_mode = mask_mode
         self._device = _checks.check_params(self.param_groups)
-        self._set = ActiveSet(self.param_groups, mask_mode, self._device)
+        self._set = ActiveSet(self.param_groups, mask_mode, self._device, arm_groups)
         for g in self.param_groups:  # masked off by an earlier SLSAM: trainable again
             for p in g["params"]:
                 _marks.unmask(p)
-        self._bandit = Bandit(len(self._set.arms), sparsity, alpha, p_min, normalize_loss, seed,
+        self._bandit = Bandit(self._set.n_arms, sparsity, alpha, p_min, normalize_loss, seed,
                               self._device)
         self._skipped = torch.zeros((), dtype=torch.int64, device=self._device)
         self._pending: PendingStep | None = None
@@ -130,8 +136,18 @@ class SLSAM(torch.optim.Optimizer):
 
     @property
     def arms(self) -> list[Tensor]:
-        """The parameter tensors the bandit chooses among, in ``probs`` order."""
+        """The parameter tensors the bandit chooses among, in ``probs`` order (with
+        ``arm_groups``: every arm's tensors, in parameter order; see ``arm_groups``)."""
         return list(self._set.arms)
+
+    @property
+    def arm_groups(self) -> list[list[Tensor]]:
+        """The tensors of each arm, in ``probs`` order (one each without ``arm_groups``)."""
+        out: list[list[Tensor]] = [[] for _ in range(self._set.n_arms)]
+        arm_of = self._set.arm_of or range(len(self._set.arms))
+        for p, a in zip(self._set.arms, arm_of, strict=True):
+            out[a].append(p)
+        return out
 
     @property
     def skipped_steps(self) -> int:
@@ -272,7 +288,7 @@ class SLSAM(torch.optim.Optimizer):
         groups, found_inf = perturb_groups(self.param_groups, per_group, self._backups, total,
                                            found_inf, self._device)
         # NOTE: the bandit's norms are not scale-free: unscaled (the perturbation is).
-        arm_norms = norms[: len(active.active_arms)]
+        arm_norms = active.arm_norms(norms)
         grad_scale = self._grad_scale(scaler)
         if grad_scale is not None:
             arm_norms = arm_norms / grad_scale.to(arm_norms.device, torch.float32)
@@ -343,6 +359,8 @@ class SLSAM(torch.optim.Optimizer):
         sd = self.base_optimizer.state_dict()
         sd["slsam"] = {**self._bandit.state_dict(), "mask": self._set.mask.clone(),
                        "skipped_steps": self._skipped.clone()}
+        if self._set.arm_of is not None:
+            sd["slsam"]["arm_shapes"] = self._arm_shapes()
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -351,6 +369,7 @@ class SLSAM(torch.optim.Optimizer):
         if extra is None:
             raise ValueError("state_dict has no 'slsam' entry: it was not saved by SLSAM/SAM")
         self._bandit.check_state_dict(extra)
+        self._check_arm_shapes(extra.get("arm_shapes"))
         self.cancel_step()
         self.base_optimizer.load_state_dict(sd)
         # torch's load_state_dict replaces the group list and the state dict.
@@ -368,6 +387,24 @@ class SLSAM(torch.optim.Optimizer):
 
     def _set_mask(self, mask: Tensor) -> None:
         self._set.set_mask(mask, self.param_groups)
+
+    def _arm_shapes(self) -> list[list[list[int]]]:
+        return [[list(p.shape) for p in arm] for arm in self.arm_groups]
+
+    def _check_arm_shapes(self, saved: list[list[list[int]]] | None) -> None:
+        """The saved arms must be this optimizer's (a checkpoint without ``arm_shapes``
+        has one arm per tensor)."""
+        mine = self._arm_shapes()
+        if saved is None:
+            if self._set.arm_of is not None and any(len(arm) != 1 for arm in mine):
+                raise ValueError("state_dict was saved with one arm per tensor, this optimizer "
+                                 "has arm_groups; create it with the arm_groups of the run "
+                                 "that saved it (or none)")
+        elif saved != mine:
+            raise ValueError(
+                f"state_dict's arms (tensors per arm: {[len(a) for a in saved]}) are not this "
+                f"optimizer's ({[len(a) for a in mine]}); create it with the same arm_groups "
+                "as the run that saved it")
 
     def _grad_scale(self, scaler: GradScaler | None) -> Tensor | None:
         """The loss scale the gradients carry: the scaler's, or GradScaler.step()'s attribute."""
