@@ -127,3 +127,33 @@ def batch(seed: int = 0, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture
 def data():
     return batch(0)
+
+
+class Block(torch.nn.Module):
+    """Linear, tanh, LayerNorm: one numbered block of :class:`Net`."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(width, width)
+        self.norm = torch.nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(torch.tanh(self.fc(x)))
+
+
+class Net(torch.nn.Module):
+    """Names like a transformer's: embed.*, encoder.layer.N.*, head.*."""
+
+    def __init__(self, seed: int = 0, width: int = 16, depth: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = torch.nn.Linear(8, width)
+        self.encoder = torch.nn.Module()
+        self.encoder.layer = torch.nn.ModuleList(Block(width) for _ in range(depth))
+        self.head = torch.nn.Linear(width, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        for block in self.encoder.layer:
+            h = block(h)
+        return self.head(h)

@@ -7,38 +7,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batch
+from conftest import Block, Net, batch
 
 import slsam
 from slsam import reference
-
-
-class Block(torch.nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.fc = torch.nn.Linear(width, width)
-        self.norm = torch.nn.LayerNorm(width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(torch.tanh(self.fc(x)))
-
-
-class Net(torch.nn.Module):
-    """Names like a transformer's: embed.*, encoder.layer.N.*, head.*."""
-
-    def __init__(self, seed: int = 0, width: int = 16, depth: int = 4) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.embed = torch.nn.Linear(8, width)
-        self.encoder = torch.nn.Module()
-        self.encoder.layer = torch.nn.ModuleList(Block(width) for _ in range(depth))
-        self.head = torch.nn.Linear(width, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x)
-        for block in self.encoder.layer:
-            h = block(h)
-        return self.head(h)
 
 
 def closure_for(model, opt, seed):
