@@ -54,6 +54,31 @@ class ActiveSet:
         self.active_by_group: list[list[Tensor]] = []
         self.active: list[Tensor] = []
 
+    def arm_groups(self) -> list[list[Tensor]]:
+        out: list[list[Tensor]] = [[] for _ in range(self.n_arms)]
+        arm_of = self.arm_of or range(len(self.arms))
+        for p, a in zip(self.arms, arm_of, strict=True):
+            out[a].append(p)
+        return out
+
+    def arm_shapes(self) -> list[list[list[int]]]:
+        return [[list(p.shape) for p in arm] for arm in self.arm_groups()]
+
+    def check_arm_shapes(self, saved: list[list[list[int]]] | None) -> None:
+        """A checkpoint's arms must be these (one without ``arm_shapes`` has one arm
+        per tensor)."""
+        mine = self.arm_shapes()
+        if saved is None:
+            if self.arm_of is not None and any(len(arm) != 1 for arm in mine):
+                raise ValueError("state_dict was saved with one arm per tensor, this optimizer "
+                                 "has arm_groups; create it with the arm_groups of the run "
+                                 "that saved it (or none)")
+        elif saved != mine:
+            raise ValueError(
+                f"state_dict's arms (tensors per arm: {[len(a) for a in saved]}) are not this "
+                f"optimizer's ({[len(a) for a in mine]}); create it with the same arm_groups "
+                "as the run that saved it")
+
     def set_mask(self, mask: Tensor, groups: list[dict[str, Any]]) -> None:
         self.mask = mask
         self.mask_list = mask.tolist()  # the step's one host sync

@@ -143,11 +143,7 @@ class SLSAM(torch.optim.Optimizer):
     @property
     def arm_groups(self) -> list[list[Tensor]]:
         """The tensors of each arm, in ``probs`` order (one each without ``arm_groups``)."""
-        out: list[list[Tensor]] = [[] for _ in range(self._set.n_arms)]
-        arm_of = self._set.arm_of or range(len(self._set.arms))
-        for p, a in zip(self._set.arms, arm_of, strict=True):
-            out[a].append(p)
-        return out
+        return self._set.arm_groups()
 
     @property
     def skipped_steps(self) -> int:
@@ -360,7 +356,7 @@ class SLSAM(torch.optim.Optimizer):
         sd["slsam"] = {**self._bandit.state_dict(), "mask": self._set.mask.clone(),
                        "skipped_steps": self._skipped.clone()}
         if self._set.arm_of is not None:
-            sd["slsam"]["arm_shapes"] = self._arm_shapes()
+            sd["slsam"]["arm_shapes"] = self._set.arm_shapes()
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -369,7 +365,7 @@ class SLSAM(torch.optim.Optimizer):
         if extra is None:
             raise ValueError("state_dict has no 'slsam' entry: it was not saved by SLSAM/SAM")
         self._bandit.check_state_dict(extra)
-        self._check_arm_shapes(extra.get("arm_shapes"))
+        self._set.check_arm_shapes(extra.get("arm_shapes"))
         self.cancel_step()
         self.base_optimizer.load_state_dict(sd)
         # torch's load_state_dict replaces the group list and the state dict.
@@ -387,24 +383,6 @@ class SLSAM(torch.optim.Optimizer):
 
     def _set_mask(self, mask: Tensor) -> None:
         self._set.set_mask(mask, self.param_groups)
-
-    def _arm_shapes(self) -> list[list[list[int]]]:
-        return [[list(p.shape) for p in arm] for arm in self.arm_groups]
-
-    def _check_arm_shapes(self, saved: list[list[list[int]]] | None) -> None:
-        """The saved arms must be this optimizer's (a checkpoint without ``arm_shapes``
-        has one arm per tensor)."""
-        mine = self._arm_shapes()
-        if saved is None:
-            if self._set.arm_of is not None and any(len(arm) != 1 for arm in mine):
-                raise ValueError("state_dict was saved with one arm per tensor, this optimizer "
-                                 "has arm_groups; create it with the arm_groups of the run "
-                                 "that saved it (or none)")
-        elif saved != mine:
-            raise ValueError(
-                f"state_dict's arms (tensors per arm: {[len(a) for a in saved]}) are not this "
-                f"optimizer's ({[len(a) for a in mine]}); create it with the same arm_groups "
-                "as the run that saved it")
 
     def _grad_scale(self, scaler: GradScaler | None) -> Tensor | None:
         """The loss scale the gradients carry: the scaler's, or GradScaler.step()'s attribute."""
