@@ -124,6 +124,24 @@ def batch(seed: int = 0, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def loss_closure(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+                 y: torch.Tensor):
+    """The closure SLSAM runs: zero the gradients, cross-entropy of ``model(x)``, backward."""
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def closure_for(model: torch.nn.Module, opt: torch.optim.Optimizer, seed: int):
+    """:func:`loss_closure` on ``batch(seed)``."""
+    return loss_closure(model, opt, *batch(seed))
+
+
 @pytest.fixture
 def data():
     return batch(0)
@@ -173,15 +191,7 @@ def conv_closure(model: torch.nn.Module, opt: torch.optim.Optimizer, seed: int):
     x = torch.randn(8, 3, 8, 8, generator=g).to(next(model.parameters()).device)
     if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
         x = x.to(memory_format=torch.channels_last)
-    y = (x[:, 0, 0, 0] > 0).long()
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
+    return loss_closure(model, opt, x, (x[:, 0, 0, 0] > 0).long())
 
 
 def conv_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, seeds: range) -> None:

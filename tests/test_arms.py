@@ -7,22 +7,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import Block, Net, batch, conv_model, conv_steps
+from conftest import Block, Net, batch, closure_for, conv_model, conv_steps
 
 import slsam
 from slsam import reference
-
-
-def closure_for(model, opt, seed):
-    x, y = batch(seed)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
 
 
 def grouped(seed=0, sparsity=0.5, **kw):

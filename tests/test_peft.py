@@ -6,22 +6,9 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import Net, batch
+from conftest import Net, closure_for
 
 import slsam
-
-
-def closure_for(model, opt, seed):
-    x, y = batch(seed)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
 
 
 def peft_net(seed=0):

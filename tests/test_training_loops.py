@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import conv_model, conv_steps
+from conftest import conv_model, conv_steps, loss_closure
 from torch import nn
 
 import slsam
@@ -25,15 +25,7 @@ def batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def closure_for(model: nn.Module, opt: torch.optim.Optimizer, seed: int):
-    x, y = batch(seed)
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
+    return loss_closure(model, opt, *batch(seed))  # this file's two-class batch
 
 
 class Tied(nn.Module):
