@@ -230,9 +230,6 @@ def backup_bytes(opt: Any) -> int:
     """Weight backups an optimizer holds during its second pass."""
     if hasattr(opt, "backup_bytes"):
         return int(opt.backup_bytes())
-    pending = getattr(opt, "_pending", None)  # slsam: the backups of the current step
-    if pending:
-        return sum(b.numel() * b.element_size() for _, _, bs in pending["groups"] for b in bs)
     return 0
 
 

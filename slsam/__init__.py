@@ -9,7 +9,7 @@ from slsam._version import __version__
 
 check_torch_version()
 
-from slsam import ops, reference  # noqa: E402  (after the check: this loads slsam._C)
+from slsam import arms, ops, reference  # noqa: E402  (after the check: this loads slsam._C)
 from slsam.batchnorm import disable_running_stats, enable_running_stats, running_stats_frozen  # noqa: E402
 from slsam.optim import SAM, SLSAM  # noqa: E402
 
@@ -17,6 +17,7 @@ __all__ = [
     "SAM",
     "SLSAM",
     "__version__",
+    "arms",
     "disable_running_stats",
     "enable_running_stats",
     "ops",

@@ -54,3 +54,41 @@ def warn(tensors: list[Tensor]) -> None:
     warnings.warn(f"SLSAM: {len(tensors)} active tensor(s) (shapes {shapes}{more}) got no "
                   f"gradient although their module ran, with gradients disabled: {FIX}",
                   stacklevel=4)
+
+
+class GradlessCheck:
+    """One optimizer's diagnosis: :meth:`open` after a first pass in which an active arm
+    got no gradient, :meth:`close` after the second pass (warns once), :meth:`cancel`
+    when the step is undone."""
+
+    def __init__(self) -> None:
+        self._watch: NoGradWatch | None = None
+        self._watched: set[int] = set()
+        self._warned = False
+
+    def open(self, active_arms: list[Tensor], active: list[Tensor]) -> None:
+        """Watch the second forward of the ``active`` tensors without a gradient (those
+        not watched before), when one of ``active_arms`` has none."""
+        if self._warned or all(p.grad is not None for p in active_arms):
+            return
+        gradless = [p for p in active if p.grad is None and id(p) not in self._watched]
+        if gradless:
+            self._watched.update(id(p) for p in gradless)
+            self._watch = NoGradWatch(gradless)
+
+    def close(self) -> None:
+        if self._watch is None:
+            return
+        found, self._watch = self._watch.close(), None
+        if found:
+            self._warned = True
+            warn(found)
+
+    def cancel(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
+    def __getstate__(self) -> dict[str, object]:
+        # a diagnosis of the pass in progress (a hook), not state
+        return {**self.__dict__, "_watch": None}

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from slsam.optim import SLSAM, _trainable
+from slsam._marks import trainable
+from slsam.optim import SLSAM
 
 
 class SLSAMTrainer(Trainer):
@@ -56,7 +57,7 @@ class SLSAMTrainer(Trainer):
             decay = set(self.get_decay_parameter_names(opt_model))
             groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
             for name, p in opt_model.named_parameters():
-                if not _trainable(p):  # frozen by the user; arms another SLSAM masked count
+                if not trainable(p):  # frozen by the user; arms another SLSAM masked count
                     continue
                 key = (name in decay, name.startswith(self.always_active) if self.always_active
                        else False)
@@ -92,6 +93,6 @@ class SLSAMTrainer(Trainer):
             for micro_inputs, micro_items in replay:
                 super().training_step(model, micro_inputs, micro_items)
         except BaseException:
-            opt._abort()
+            opt.cancel_step()
             raise
         return loss

@@ -7,106 +7,37 @@ restore x exactly and take the base step with the second gradients (fused
 with the restore for AdamW); EXP3 update of the probabilities from r; sample
 the next S. The only host sync is reading the next mask (n bools) to set
 ``requires_grad``.
+
+The pieces live beside it: the bandit (``slsam.bandit``), the active set and
+its ``requires_grad`` (``_active``), the perturbation (``_perturb``), the
+pending step (``_pending``), the update paths (``_update``), the closure
+protocol (``_closure``), the argument checks (``_checks``), the AdamW state's layout
+(``_adamw_state``), the GradScaler record (``_amp``) and the diagnosis of tensors that ran
+without autograd (``_no_grad_watch``). This file is the
+step machine and the public API; it runs past 300 lines because the class's
+documented arguments and each step's order of operations (what is checked
+first, and what is restored or undone when a pass fails) read best in one place.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.amp.grad_scaler import GradScaler
 
-from slsam import _amp, ops
-from slsam._adamw_state import adamw_state, keep_saved_wide_moments, restore_adamw_
+from slsam import _amp, _checks, _marks, _update, ops
+from slsam._active import ActiveSet
+from slsam._adamw_state import keep_saved_wide_moments
 from slsam._backups import BackupPool
-from slsam._no_grad_watch import NoGradWatch
-from slsam._no_grad_watch import warn as warn_no_grad
-
-Closure = Callable[[], Tensor]
-
-
-def _check_range(name: str, value: float, low: float, high: float, *, low_open: bool,
-                 fix: str) -> None:
-    # NOTE: finite only: rho = inf or alpha = inf would turn every step into a skipped
-    # one (inf perturbation) or the probabilities into NaN (inf * 0 in the EXP3 weight).
-    ok = isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        lo = "(" if low_open else "["
-        hi = "]" if math.isfinite(high) else ")"
-        raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}; {fix}")
-
-
-# torch's message when backward() finds nothing that requires grad
-_NO_GRAD_FN = "does not require grad and does not have a grad_fn"
-
-_RHO_FIX = "use rho >= 0, e.g. rho=0.05 (rho=0 is the base optimizer alone)"
-
-
-def _check_group_rhos(groups: list[dict[str, Any]]) -> None:
-    """Every group's rho (a group may set its own, or an LR-style schedule may change it)."""
-    for i, g in enumerate(groups):
-        _check_range(f"param_groups[{i}]['rho']", g.get("rho"), 0.0, math.inf, low_open=False,
-                     fix=_RHO_FIX)
-
-
-def _check_no_shared_memory(groups: list[dict[str, Any]]) -> None:
-    """Refuse distinct parameters whose memory overlaps (tied weights as two Parameters).
-
-    NOTE: each would be backed up, perturbed and updated on its own, so the shared
-    weights would move twice and the restore of one would undo the other's step.
-    Views of one buffer that do not overlap are fine.
-    """
-    spans = []
-    for gi, g in enumerate(groups):
-        for k, p in enumerate(g["params"]):
-            if (not _trainable(p) or p.numel() == 0 or p.layout != torch.strided
-                    or p.device.type == "meta"):
-                continue
-            try:
-                base = p.untyped_storage().data_ptr()
-            except (RuntimeError, NotImplementedError):  # no plain storage (e.g. DTensor)
-                continue
-            size = p.element_size()
-            start = base + p.storage_offset() * size
-            extent = sum((n - 1) * st for n, st in zip(p.shape, p.stride(), strict=False)) + 1
-            spans.append((start, start + extent * size, f"param_groups[{gi}]['params'][{k}]",
-                          tuple(p.shape)))
-    spans.sort()
-    for (_, e0, n0, sh0), (s1, _, n1, sh1) in zip(spans, spans[1:], strict=False):
-        if s1 < e0:
-            raise ValueError(
-                f"{n0} (shape {sh0}) and {n1} (shape {sh1}) share memory: SLSAM would perturb "
-                "and update it twice per step. Tie weights by assigning one Parameter to both "
-                "modules (e.g. decoder.weight = encoder.weight), which is then listed once")
-
-
-# NOTE: set on an arm while SLSAM has turned its requires_grad off, so that an optimizer
-# built later on the same parameters (re-created in the same process, e.g. Lightning's
-# lr_find before fit) takes it as an arm again, not as a tensor the user froze, which
-# would then never train.
-_MASKED = "_slsam_masked"
-
-
-def _keep_mark_in_copies(p: Tensor) -> None:
-    """Make ``copy.deepcopy`` of ``p`` keep its attributes (the _MASKED mark).
-
-    NOTE: nn.Parameter.__deepcopy__ drops the instance's attributes, so a model copied
-    after a step (copy.deepcopy(model)) would hold masked-off arms that look frozen, and
-    an optimizer built on the copy would never train them. deepcopy looks __deepcopy__ up
-    on the instance: None there sends it to __reduce_ex__, which keeps the attributes
-    (pickling does already). Plain Parameters only (DTensor keeps its own copy).
-    """
-    if type(p) is torch.nn.Parameter and "__deepcopy__" not in vars(p):
-        p.__deepcopy__ = None  # type: ignore[method-assign,assignment]
-
-
-def _trainable(p: Tensor) -> bool:
-    return p.requires_grad or getattr(p, _MASKED, False)
+from slsam._closure import Closure, call_closure, first_pass
+from slsam._no_grad_watch import GradlessCheck
+from slsam._pending import PendingStep
+from slsam._perturb import perturb_groups
+from slsam.bandit import Bandit
 
 
 class SLSAM(torch.optim.Optimizer):
@@ -137,6 +68,11 @@ class SLSAM(torch.optim.Optimizer):
             after each backward: no backward saving, but the autograd graph never
             changes (for ``torch.compile``d models and wrappers that cannot follow
             ``requires_grad`` changes).
+        arm_groups: the bandit's arms as groups of tensors (a list of lists of
+            parameters; e.g. ``slsam.arms.by_block(model)``): a group is sampled,
+            perturbed and updated as a whole, with the L2 norm over its tensors as the
+            arm's gradient norm. Trainable tensors listed in no group are one arm each;
+            default: one arm per tensor (the authors' algorithm).
         reuse_backups: keep the weight backups in one buffer reused every step
             (default: on CPU, where fresh memory costs a page fault per 4 KiB on its
             first write; CUDA's caching allocator reuses memory by itself). The
@@ -161,158 +97,107 @@ class SLSAM(torch.optim.Optimizer):
         adaptive: bool = False,
         normalize_loss: bool = False,
         mask_mode: str = "requires_grad",
+        arm_groups: Sequence[Sequence[Tensor]] | None = None,
         reuse_backups: bool | None = None,
         **base_kwargs: Any,
     ) -> None:
-        if mask_mode not in ("requires_grad", "grad"):
-            raise ValueError(f"mask_mode must be 'requires_grad' or 'grad', got {mask_mode!r}")
-        _check_range("rho", rho, 0.0, math.inf, low_open=False, fix=_RHO_FIX)
-        _check_range("sparsity", sparsity, 0.0, 1.0, low_open=True,
-                     fix="it is the expected fraction of active tensors, e.g. 0.2")
-        _check_range("alpha", alpha, 0.0, math.inf, low_open=False, fix="use e.g. alpha=1e-3")
-        _check_range("p_min", p_min, 0.0, 1.0, low_open=True, fix="use e.g. p_min=1e-3")
-        if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
-            raise TypeError(
-                f"base_optimizer must be an optimizer class such as torch.optim.AdamW, got "
-                f"{base_optimizer!r}; pass the class and its arguments as keywords, "
-                "e.g. SLSAM(params, torch.optim.SGD, lr=0.1)")
+        _checks.check_arguments(mask_mode=mask_mode, rho=rho, sparsity=sparsity, alpha=alpha,
+                                p_min=p_min, base_optimizer=base_optimizer)
         self._initialised = False
         super().__init__(params, dict(rho=rho, adaptive=adaptive))
-        _check_group_rhos(self.param_groups)
+        _checks.check_group_rhos(self.param_groups)
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
         self.state = self.base_optimizer.state
-        self.sparsity = float(sparsity)
-        self.alpha = float(alpha)
-        self.p_min = float(p_min)
-        self.normalize_loss = bool(normalize_loss)
         self.mask_mode = mask_mode
-
-        trainable = [p for g in self.param_groups for p in g["params"] if _trainable(p)]
-        devices = {p.device for p in trainable}
-        if len(devices) > 1:
-            raise ValueError(
-                f"params are on several devices ({sorted(map(str, devices))}); SLSAM needs one "
-                "device per optimizer: move the model with model.to(device) first")
-        self._device = devices.pop() if devices else torch.device("cpu")
-        if self._device.type == "meta":
-            raise ValueError("params are on the meta device (no data); materialise the model first "
-                             "(e.g. model.to_empty(device='cpu') and initialise it), then create "
-                             "the optimizer")
-        _check_no_shared_memory(self.param_groups)
-        not_float = sorted({str(p.dtype) for p in trainable if not p.is_floating_point()})
-        if not_float:
-            raise TypeError(f"SLSAM supports float32/float64/bfloat16/float16 parameters, got "
-                            f"{not_float}; freeze those tensors (requires_grad_(False)) or leave "
-                            "them out of the optimizer")
-        self._arms: list[Tensor] = [
-            p for g in self.param_groups if not g.get("always_active", False)
-            for p in g["params"] if _trainable(p)]
-        self._always: list[Tensor] = [
-            p for g in self.param_groups if g.get("always_active", False)
-            for p in g["params"] if _trainable(p)]
-        self._trainable_ids = {id(p) for p in trainable}
-        # NOTE: frozen at construction, so not arms; one the user unfreezes later (gradual
-        # unfreezing) trains every step from then on, as an always-active tensor, on every
-        # base optimizer's path (see _apply_mask and _note_unfrozen).
-        self._late: list[Tensor] = [p for g in self.param_groups for p in g["params"]
-                                    if not _trainable(p) and p.is_floating_point()]
-        self._late_on: list[bool] = [False] * len(self._late)
-        for p in trainable:  # masked off by an earlier SLSAM: trainable again (see _MASKED)
-            if getattr(p, _MASKED, False):
-                p.requires_grad_(True)
-                setattr(p, _MASKED, False)
-        if mask_mode == "requires_grad":
-            for p in self._arms:
-                _keep_mark_in_copies(p)
-        n = len(self._arms)
-        self._k = self.sparsity * n
-        self._sparse = self._k < n  # sparsity 1: every arm always on, no bandit
-        self._generator = torch.Generator(device=self._device)
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                # Every rank must draw the same masks: take rank 0's seed.
-                box = [seed]
-                torch.distributed.broadcast_object_list(box, src=0)
-                seed = int(box[0])
-        self._generator.manual_seed(int(seed))
-        self._probs = torch.full((n,), self.sparsity, dtype=torch.float64, device=self._device)
+        self._device = _checks.check_params(self.param_groups)
+        self._set = ActiveSet(self.param_groups, mask_mode, self._device, arm_groups)
+        for g in self.param_groups:  # masked off by an earlier SLSAM: trainable again
+            for p in g["params"]:
+                _marks.unmask(p)
+        self._bandit = Bandit(self._set.n_arms, sparsity, alpha, p_min, normalize_loss, seed,
+                              self._device)
         self._skipped = torch.zeros((), dtype=torch.int64, device=self._device)
-        # NOTE: an empty stand-in per dtype, for active arms without a gradient: an fp32
-        # one among fp64 gradients would turn their global norm into fp32.
-        self._no_grad = {dt: torch.zeros(0, dtype=dt, device=self._device)
-                         for dt in {p.dtype for p in self._arms}}
-        self._pending: dict[str, Any] | None = None
-        # Arms the user froze after construction (indices), and which arms should have
-        # requires_grad now, to tell the user's freezing from our masking.
-        self._frozen: set[int] = set()
-        self._expect_grad: list[bool] = [True] * n
+        self._pending: PendingStep | None = None
         if reuse_backups is None:
             reuse_backups = self._device.type == "cpu"
         self._backups = BackupPool(bool(reuse_backups))
-        self._fused = self._fused_adamw_ok()
-        # Active tensors without a first-pass gradient, watched in the second forward
-        # (see slsam/_no_grad_watch.py); those found unused are not watched again.
-        self._watch: NoGradWatch | None = None
-        self._watched: set[int] = set()
-        self._warned_no_grad = False
+        self._update = _update.choose(self.base_optimizer)
+        # Active tensors without a first-pass gradient, watched in the second forward.
+        self._gradless = GradlessCheck()
         self._initialised = True
-        if self._sparse:
-            self._set_mask(ops.sample_mask(self._probs, self._generator))
-        else:
-            self._set_mask(torch.ones(n, dtype=torch.bool, device=self._device))
+        self._set_mask(self._bandit.sample())
 
     # ----- public state -----
 
     @property
     def probs(self) -> Tensor:
         """Per-arm selection probabilities (fp64, one per arm tensor)."""
-        return self._probs.clone()
+        return self._bandit.probs.clone()
 
     @property
     def mask(self) -> Tensor:
         """Arms active in the current step (bool, one per arm tensor)."""
-        return self._mask.clone()
+        return self._set.mask.clone()
 
     @property
     def arms(self) -> list[Tensor]:
-        """The parameter tensors the bandit chooses among, in ``probs`` order."""
-        return list(self._arms)
+        """The parameter tensors the bandit chooses among, in ``probs`` order (with
+        ``arm_groups``: every arm's tensors, in parameter order; see ``arm_groups``)."""
+        return list(self._set.arms)
+
+    @property
+    def arm_groups(self) -> list[list[Tensor]]:
+        """The tensors of each arm, in ``probs`` order (one each without ``arm_groups``)."""
+        return self._set.arm_groups()
 
     @property
     def skipped_steps(self) -> int:
         """Steps skipped because a gradient was not finite (reads the device)."""
         return int(self._skipped.item())
 
+    @property
+    def sparsity(self) -> float:
+        return self._bandit.sparsity
+
+    @property
+    def alpha(self) -> float:
+        return self._bandit.alpha
+
+    @property
+    def p_min(self) -> float:
+        return self._bandit.p_min
+
+    @property
+    def normalize_loss(self) -> bool:
+        return self._bandit.normalize_loss
+
     def backup_bytes(self) -> int:
         """Bytes of weight backups held: the reused buffer and the last step's small
         backups, or (without reuse) the current step's."""
         if self._backups.reuse:
             return self._backups.held_bytes
-        if self._pending is None:
-            return 0
-        return sum(b.numel() * b.element_size() for _, _, bks in self._pending["groups"]
-                   for b in bks)
+        return 0 if self._pending is None else self._pending.backup_bytes()
 
     @property
     def rho(self) -> float:
         return float(self.param_groups[0]["rho"])
 
+    @property
+    def perturbed(self) -> bool:
+        """True between first_step() and second_step(), e.g. in the closure's second call."""
+        return self._pending is not None
+
     @contextlib.contextmanager
     def dense(self) -> Iterator[None]:
         """Give every trainable tensor ``requires_grad`` back for the block (except those
-        you froze: see ``_note_user_frozen``)."""
-        self._note_user_frozen()
-        for i, p in enumerate(self._arms):
-            if i not in self._frozen:
-                p.requires_grad_(True)
-        self._expect_grad = [True] * len(self._arms)
+        you froze: see ``ActiveSet.note_user_frozen``)."""
+        self._set.all_on()
         try:
             yield
         finally:
-            self._apply_mask()
+            self._set.apply(self.param_groups)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if getattr(self, "_initialised", False):
@@ -365,25 +250,25 @@ class SLSAM(torch.optim.Optimizer):
         if self._pending is not None:
             raise RuntimeError("step(closure) called between first_step() and second_step(); "
                                "call second_step() (or step() without a closure) first")
-        _check_group_rhos(self.param_groups)  # before the closure: a refused step runs no pass
+        _checks.check_group_rhos(self.param_groups)  # before the closure: a refused step runs no pass
         loss0 = None
         try:
-            self._note_unfrozen()
+            self._set.note_unfrozen(self.param_groups)
             if not first_pass_done:
-                self._clear_grads()
-            if not (first_pass_done and any(p.grad is not None for p in self._active)):
-                loss0 = self._first_pass(closure)
+                self._set.clear_grads()
+            if not (first_pass_done and any(p.grad is not None for p in self._set.active)):
+                loss0 = first_pass(closure, self._set, self._bandit, self.param_groups)
             self.first_step(scaler=scaler)
         except BaseException:
             # NOTE: nothing has moved (first_step validates before it writes and undoes a
             # partial perturbation); drop the pass's (possibly partial) gradients, or the
             # next step() would take them as its first pass.
-            self._clear_grads()
+            self._set.clear_grads()
             raise
         try:
-            loss1 = self._call_closure(closure, "second")
+            loss1 = call_closure(closure, "second")
         except BaseException:
-            self._abort()
+            self.cancel_step()
             raise
         self.second_step(scaler=scaler)
         return (loss0 if loss0 is not None else loss1).detach()
@@ -399,65 +284,29 @@ class SLSAM(torch.optim.Optimizer):
         if self._pending is not None:
             raise RuntimeError("first_step() called twice; call second_step() after the "
                                "second forward/backward")
-        _check_group_rhos(self.param_groups)
-        self._note_unfrozen()
-        self._drop_inactive_grads()
-        arm_grads = [p.grad for p in self._active_arms]
-        always = [p for p in self._active[len(self._active_arms):] if p.grad is not None]
-        norm_inputs = [g if g is not None else self._empty_grad(p)
-                       for p, g in zip(self._active_arms, arm_grads, strict=False)]
-        norm_inputs += [p.grad for p in always]
-        self._check_grads(self._active)
+        _checks.check_group_rhos(self.param_groups)
+        active = self._set
+        active.note_unfrozen(self.param_groups)
+        active.drop_inactive_grads()
+        norm_inputs = active.norm_inputs()
+        _checks.check_grads(active.active, self._device)
         norms, total = ops.grad_norms(norm_inputs, device=self._device)
         # NOTE: from the plain norms even when adaptive: the bandit reads them, and an
         # overflowed norm (inf) must skip the step, not reach the EXP3 update as NaN.
         found_inf = ~torch.isfinite(total)
-        groups: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]] = []
-        per_group = [[p for p in active if p.grad is not None] for active in self._active_by_group]
-        backups = self._backups.take([p for ps in per_group for p in ps])
-        for group, ps in zip(self.param_groups, per_group, strict=False):
-            groups.append((group, ps, backups[: len(ps)]))
-            backups = backups[len(ps):]
-        if any(g["adaptive"] for g in self.param_groups):
-            # NOTE: |x|*g only for the adaptive groups' tensors; the others enter the
-            # global norm with g, as in ASAM's and the peer libraries' mixed groups.
-            weighted = [p for g, ps, _ in groups if g["adaptive"] for p in ps]
-            plain = [p for g, ps, _ in groups if not g["adaptive"] for p in ps]
-            _, total = ops.grad_norms([p.grad for p in weighted], weighted, device=self._device)
-            if plain:
-                _, total_plain = ops.grad_norms([p.grad for p in plain], device=self._device)
-                total = (total.double().square() + total_plain.double().square()).sqrt().to(
-                    total.dtype)
-            found_inf = found_inf | ~torch.isfinite(total)
-            # NOTE: |x|*g can be finite where g is not (g overflowing only when squared);
-            # a non-finite norm is what keeps the kernels from moving the weights, so
-            # a skipped step never runs its second forward at moved weights.
-            total = torch.where(found_inf, torch.full_like(total, math.nan), total)
-        # NOTE: rho * g / ||g|| does not change when g is scaled, so the perturbation
-        # uses the (loss-scaled) gradients as they are; only the bandit's norms,
-        # which are not scale-free, are unscaled.
-        done: list[tuple[list[Tensor], list[Tensor]]] = []
-        try:
-            for group, ps, backups in groups:
-                # NOTE: a base optimizer with maximize=True ascends the loss, so the
-                # worst nearby point for it lies along -g.
-                rho = -group["rho"] if group.get("maximize") else group["rho"]
-                ops.perturb_(ps, [p.grad for p in ps], backups, total, rho, group["adaptive"])
-                done.append((ps, backups))
-        except BaseException:
-            for ps, backups in done:  # NOTE: a kernel refused a later group: undo the earlier
-                ops.restore_(ps, backups)
-            raise
-        arm_norms = norms[: len(arm_grads)]
+        per_group = [[p for p in ps if p.grad is not None] for ps in active.active_by_group]
+        groups, found_inf = perturb_groups(self.param_groups, per_group, self._backups, total,
+                                           found_inf, self._device)
+        # NOTE: the bandit's norms are not scale-free: unscaled (the perturbation is).
+        arm_norms = active.arm_norms(norms)
         grad_scale = self._grad_scale(scaler)
         if grad_scale is not None:
             arm_norms = arm_norms / grad_scale.to(arm_norms.device, torch.float32)
-        self._pending = dict(groups=groups, arm_norms=arm_norms, found_inf=found_inf)
-        if not self._warned_no_grad and any(g is None for g in arm_grads):
-            self._watch_gradless()
+        self._pending = PendingStep(groups, arm_norms, found_inf)
+        self._gradless.open(active.active_arms, active.active)
         if scaler is not None:
             _amp.allow_second_unscale(scaler, self)
-        self._clear_grads()
+        active.clear_grads()
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False, *, scaler: GradScaler | None = None) -> None:
@@ -468,46 +317,43 @@ class SLSAM(torch.optim.Optimizer):
             raise RuntimeError("second_step() called before first_step(); call first_step() "
                                "after the first backward")
         pending = self._pending
-        self._close_watch()
+        self._gradless.close()
         # NOTE: a refused gradient or a failing base step must not leave the weights at
         # x + e: restore them exactly and forget the pass, then re-raise.
         try:
-            self._drop_inactive_grads()
-            grads2 = [p.grad for _, ps, _ in pending["groups"] for p in ps if p.grad is not None]
-            self._check_grads([p for _, ps, _ in pending["groups"] for p in ps])
+            self._set.drop_inactive_grads()
+            params = pending.params
+            grads2 = [p.grad for p in params if p.grad is not None]
+            _checks.check_grads(params, self._device)
             _, total2 = ops.grad_norms(grads2, device=self._device)
-            found_inf = pending["found_inf"] | ~torch.isfinite(total2)
+            found_inf = pending.found_inf | ~torch.isfinite(total2)
             external = getattr(self, "found_inf", None)  # set by GradScaler.step(opt)
             if external is not None:
                 found_inf = found_inf | (external.to(found_inf.device) != 0)
-            grad_scale = self._grad_scale(scaler)
-            if self._fused:
-                self._restore_adamw(pending["groups"], found_inf, grad_scale)
-            else:
-                for _, ps, backups in pending["groups"]:
-                    ops.restore_(ps, backups)
-                if not bool(found_inf):  # host sync: only on the generic (non-AdamW) path
-                    if grad_scale is not None and grads2:
-                        torch._foreach_mul_(grads2, grad_scale.reciprocal().to(grads2[0].device))
-                    self.base_optimizer.step()
+            self._update.run(self.base_optimizer, pending, grads2, found_inf,
+                             self._grad_scale(scaler))
         except BaseException:
-            self._abort()
+            self.cancel_step()
             raise
-        if self._sparse:
-            ops.bandit_update_(self._probs, self._mask, pending["arm_norms"], found_inf,
-                               self.alpha, self._k, self.normalize_loss)
+        self._bandit.update(self._set.mask, pending.arm_norms, found_inf)
         self._skipped += found_inf
         if scaler is not None and scaler.is_enabled():
             _amp.record_step(scaler, self, found_inf)
         self._pending = None
-        self._clear_grads()
-        if self._sparse:
-            self._set_mask(ops.sample_mask(self._probs, self._generator))
+        self._set.clear_grads()
+        if self._bandit.sparse:
+            self._set_mask(self._bandit.sample())
 
-    @property
-    def perturbed(self) -> bool:
-        """True between first_step() and second_step(), e.g. in the closure's second call."""
-        return self._pending is not None
+    def cancel_step(self) -> None:
+        """Undo a :meth:`first_step`: put the weights back at x exactly, forget the pass
+        and clear the gradients, e.g. when the second forward/backward fails. Does
+        nothing when no step is pending."""
+        if self._pending is None:
+            return
+        self._gradless.cancel()
+        self._pending.restore()
+        self._pending = None
+        self._set.clear_grads()
 
     # ----- copies and pickles -----
 
@@ -517,23 +363,16 @@ class SLSAM(torch.optim.Optimizer):
         # pass) to step as the original would. Hooks are left behind, as torch does.
         state = {k: v for k, v in self.__dict__.items() if not k.startswith("_optimizer_")}
         state["_backups"] = BackupPool(self._backups.reuse)  # scratch memory, not state
-        state["_watch"] = None  # a diagnosis of the pass in progress, not state
         return state
 
     # ----- state dict -----
 
     def state_dict(self) -> dict[str, Any]:
         sd = self.base_optimizer.state_dict()
-        sd["slsam"] = {
-            "probs": self._probs.clone(),
-            "mask": self._mask.clone(),
-            "generator": self._generator.get_state(),
-            "skipped_steps": self._skipped.clone(),
-            "sparsity": self.sparsity,
-            "alpha": self.alpha,
-            "p_min": self.p_min,
-            "normalize_loss": self.normalize_loss,
-        }
+        sd["slsam"] = {**self._bandit.state_dict(), "mask": self._set.mask.clone(),
+                       "skipped_steps": self._skipped.clone()}
+        if self._set.arm_of is not None:
+            sd["slsam"]["arm_shapes"] = self._set.arm_shapes()
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -541,113 +380,27 @@ class SLSAM(torch.optim.Optimizer):
         extra = sd.pop("slsam", None)
         if extra is None:
             raise ValueError("state_dict has no 'slsam' entry: it was not saved by SLSAM/SAM")
-        if extra["probs"].numel() != len(self._arms):
-            raise ValueError(f"state_dict has {extra['probs'].numel()} arms, this optimizer "
-                             f"has {len(self._arms)}: was it saved for another model?")
-        probs, mask = extra["probs"], extra["mask"]
-        if (mask.numel() != probs.numel() or not bool(torch.isfinite(probs).all())
-                or not bool(((probs > 0) & (probs <= 1)).all())):
-            # NOTE: a saved state always has p in [1e-8, 1]; p = 0 or NaN would stall the
-            # sampler on its argmax fallback and turn the EXP3 update into NaN.
-            raise ValueError("state_dict's bandit state is corrupted (probabilities not finite or "
-                             "outside (0, 1], or a mask of another size); load another checkpoint")
-        if self._pending is not None:
-            self._abort()
+        self._bandit.check_state_dict(extra)
+        self._set.check_arm_shapes(extra.get("arm_shapes"))
+        self.cancel_step()
         self.base_optimizer.load_state_dict(sd)
         # torch's load_state_dict replaces the group list and the state dict.
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
-        self._probs = extra["probs"].to(self._device, torch.float64).clone()
-        self._generator.set_state(extra["generator"])
+        self._bandit.load_state_dict(extra)
         self._skipped = extra["skipped_steps"].to(self._device).clone()
-        # NOTE: sparsity, alpha, p_min and normalize_loss stay the constructor's (saved for
-        # reference only), as torch keeps whatever lies outside param_groups; the saved
-        # probabilities are brought to this sparsity by the next bandit update.
-        self._fused = self._fused_adamw_ok()
-        if self._fused:
+        self._update = _update.choose(self.base_optimizer)
+        if self._update.name == "fused_adamw":
             keep_saved_wide_moments(self.state, self.param_groups, sd)
         mask = extra["mask"].to(self._device, torch.bool)
-        if not self._sparse:  # every arm, every step: a saved sparse mask does not apply
+        if not self._bandit.sparse:  # every arm, every step: a saved sparse mask does not apply
             mask = torch.ones_like(mask)
         self._set_mask(mask)
 
     # ----- internals -----
 
-    def _fused_adamw_ok(self) -> bool:
-        if type(self.base_optimizer) is not torch.optim.AdamW:
-            return False
-        return not any(g.get("amsgrad") or g.get("maximize") or g.get("differentiable")
-                       for g in self.param_groups)
-
     def _set_mask(self, mask: Tensor) -> None:
-        self._mask = mask
-        self._mask_list: list[bool] = mask.tolist()  # the step's one host sync
-        self._apply_mask()
-
-    def _apply_mask(self) -> None:
-        self._note_user_frozen()
-        if self.mask_mode == "requires_grad":
-            frozen = self._frozen
-            for i, (p, on) in enumerate(zip(self._arms, self._mask_list, strict=False)):
-                if i not in frozen:
-                    p.requires_grad_(on)
-                    setattr(p, _MASKED, not on)
-            self._expect_grad = list(self._mask_list)
-        else:
-            self._expect_grad = [True] * len(self._arms)
-        self._active_arms = [p for p, on in zip(self._arms, self._mask_list, strict=False) if on]
-        self._late_on = [p.requires_grad for p in self._late]
-        late = [p for p, on in zip(self._late, self._late_on, strict=True) if on]
-        ids = {id(p) for p in self._active_arms} | {id(p) for p in self._always + late}
-        self._active_by_group = [[p for p in g["params"] if id(p) in ids]
-                                 for g in self.param_groups]
-        self._active = self._active_arms + self._always + late
-
-    def _note_unfrozen(self) -> None:
-        """Take in the tensors frozen at construction that the user has (un)frozen since."""
-        if self._late and [p.requires_grad for p in self._late] != self._late_on:
-            self._apply_mask()
-
-    def _note_user_frozen(self) -> None:
-        """Record the arms the user froze or unfroze since the mask was last applied.
-
-        NOTE: an arm that should have requires_grad (active, every arm inside dense() or
-        with mask_mode="grad") but has not was frozen by the user: a new mask,
-        load_state_dict() or dense() must not turn it back on (it stays frozen until the
-        user sets requires_grad again). An arm frozen while masked off looks like a masked
-        one; freezing inside ``with opt.dense():`` is always seen.
-        """
-        frozen, expect = self._frozen, self._expect_grad
-        for i, p in enumerate(self._arms):
-            if i in frozen:
-                if p.requires_grad:
-                    frozen.discard(i)
-            elif expect[i] and not p.requires_grad:
-                frozen.add(i)
-
-    def _clear_grads(self) -> None:
-        for active in self._active_by_group:
-            for p in active:
-                p.grad = None
-        self._drop_inactive_grads()
-
-    def _drop_inactive_grads(self) -> None:
-        """Inactive arms hold no gradient during a step. mask_mode="grad": every arm computes
-        one, the inactive ones are dropped.
-
-        NOTE: also with mask_mode="requires_grad": an inactive arm can still hold a gradient
-        (a backward inside ``dense()``, one left from before); a generic base optimizer's
-        step() would apply it to the inactive tensor, every step (tests/test_faults.py).
-        """
-        for p, on in zip(self._arms, self._mask_list, strict=False):
-            if not on and p.grad is not None:
-                p.grad = None
-
-    def _empty_grad(self, p: Tensor) -> Tensor:
-        t = self._no_grad.get(p.dtype)
-        if t is None:
-            t = self._no_grad[p.dtype] = torch.zeros(0, dtype=p.dtype, device=self._device)
-        return t
+        self._set.set_mask(mask, self.param_groups)
 
     def _grad_scale(self, scaler: GradScaler | None) -> Tensor | None:
         """The loss scale the gradients carry: the scaler's (None once ``unscale_()``d),
@@ -655,109 +408,6 @@ class SLSAM(torch.optim.Optimizer):
         if scaler is not None:
             return _amp.loss_scale(scaler, self)
         return getattr(self, "grad_scale", None)
-
-    def _check_grads(self, params: list[Tensor]) -> None:
-        """Refuse, before anything is written, gradients the kernels would refuse midway
-        (sparse, unlike their parameter, on another device), in one pass."""
-        strided, device = torch.strided, self._device
-        for p in params:
-            g = p.grad
-            if g is None:
-                continue
-            if g.layout != strided:
-                raise ValueError("SLSAM got a sparse gradient; SAM needs dense gradients "
-                                 "(use nn.Embedding(sparse=False))")
-            if g.dtype != p.dtype or g.shape != p.shape:
-                raise ValueError(
-                    f"a gradient has shape {tuple(g.shape)} and dtype {g.dtype} but its parameter "
-                    f"has shape {tuple(p.shape)} and dtype {p.dtype}; gradients must match their "
-                    "parameters (do not assign p.grad.data; use p.grad = torch.zeros_like(p))")
-            if g.device != device and g.numel():
-                raise ValueError(f"a gradient is on {g.device} but the parameters are on "
-                                 f"{device}; keep model and gradients on one device")
-
-    def _first_pass(self, closure: Closure) -> Tensor:
-        """The closure's first pass, on a mask the loss can use.
-
-        NOTE: when every sampled tensor is one the loss does not use, nothing in the graph
-        requires grad and backward() raises; the optimizer must not be stuck on its own
-        draw. It draws again (a few times), then tries with every arm active; if that
-        fails too, the loss uses none of them and the error is the closure's own.
-        """
-        redraws = 8
-        gen_state, mask = self._generator.get_state(), self._mask
-        for attempt in range(redraws + 2):
-            try:
-                return self._call_closure(closure, "first")
-            except RuntimeError as e:
-                if (_NO_GRAD_FN not in str(e) or self.mask_mode != "requires_grad"
-                        or not self._sparse or attempt > redraws):
-                    if attempt:  # the closure's own error: leave the mask as it was
-                        self._generator.set_state(gen_state)
-                        self._set_mask(mask)
-                    raise
-                self._clear_grads()
-                if attempt < redraws:
-                    self._set_mask(ops.sample_mask(self._probs, self._generator))
-                else:
-                    self._set_mask(torch.ones_like(self._mask))
-        raise AssertionError("unreachable")
-
-    def _call_closure(self, closure: Closure, which: str) -> Tensor:
-        with torch.enable_grad():
-            loss = closure()
-        if not isinstance(loss, Tensor):
-            raise TypeError(
-                f"the closure returned {type(loss).__name__} in the {which} pass; it must "
-                "compute the loss, call loss.backward() and `return loss`")
-        return loss
-
-    def _watch_gradless(self) -> None:
-        """Watch the second forward of the active tensors without a gradient (first seen)."""
-        gradless = [p for p in self._active if p.grad is None and id(p) not in self._watched]
-        if gradless:
-            self._watched.update(id(p) for p in gradless)
-            self._watch = NoGradWatch(gradless)
-
-    def _close_watch(self) -> None:
-        if self._watch is None:
-            return
-        found, self._watch = self._watch.close(), None
-        if found:
-            self._warned_no_grad = True
-            warn_no_grad(found)
-
-    def _abort(self) -> None:
-        """Undo a first_step(): restore the weights, forget the pass."""
-        assert self._pending is not None
-        if self._watch is not None:
-            self._watch.close()
-            self._watch = None
-        for _, ps, backups in self._pending["groups"]:
-            ops.restore_(ps, backups)
-        self._pending = None
-        self._clear_grads()
-
-    def _restore_adamw(self, groups: list[tuple[dict[str, Any], list[Tensor], list[Tensor]]],
-                       found_inf: Tensor, grad_scale: Tensor | None) -> None:
-        for group, ps, backups in groups:
-            upd = [i for i, p in enumerate(ps) if p.grad is not None]
-            rest = [i for i, p in enumerate(ps) if p.grad is None]
-            if rest:  # unused in the second pass: nothing to update with
-                ops.restore_([ps[i] for i in rest], [backups[i] for i in rest])
-            if not upd:
-                continue
-            params = [ps[i] for i in upd]
-            states = [self._adamw_state(p) for p in params]
-            beta1, beta2 = group["betas"]
-            restore_adamw_(
-                params, [backups[i] for i in upd], [p.grad for p in params],
-                [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                [s["step"] for s in states], float(group["lr"]), float(beta1), float(beta2),
-                float(group["weight_decay"]), float(group["eps"]), grad_scale, found_inf)
-
-    def _adamw_state(self, p: Tensor) -> dict[str, Any]:
-        return adamw_state(self.base_optimizer.state[p], p)
 
 
 class SAM(SLSAM):

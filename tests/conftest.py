@@ -132,6 +132,76 @@ def batch(seed: int = 0, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def loss_closure(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+                 y: torch.Tensor):
+    """The closure SLSAM runs: zero the gradients, cross-entropy of ``model(x)``, backward."""
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def closure_for(model: torch.nn.Module, opt: torch.optim.Optimizer, seed: int):
+    """:func:`loss_closure` on ``batch(seed)``."""
+    return loss_closure(model, opt, *batch(seed))
+
+
 @pytest.fixture
 def data():
     return batch(0)
+
+
+class Block(torch.nn.Module):
+    """Linear, tanh, LayerNorm: one numbered block of :class:`Net`."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(width, width)
+        self.norm = torch.nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(torch.tanh(self.fc(x)))
+
+
+class Net(torch.nn.Module):
+    """Names like a transformer's: embed.*, encoder.layer.N.*, head.*."""
+
+    def __init__(self, seed: int = 0, width: int = 16, depth: int = 4) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = torch.nn.Linear(8, width)
+        self.encoder = torch.nn.Module()
+        self.encoder.layer = torch.nn.ModuleList(Block(width) for _ in range(depth))
+        self.head = torch.nn.Linear(width, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        for block in self.encoder.layer:
+            h = block(h)
+        return self.head(h)
+
+
+# ----- a small conv net whose weights can be moved to channels_last -----
+
+
+def conv_model(device: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Tanh(), torch.nn.Conv2d(8, 8, 3),
+                               torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 2)).to(device)
+
+
+def conv_closure(model: torch.nn.Module, opt: torch.optim.Optimizer, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(8, 3, 8, 8, generator=g).to(next(model.parameters()).device)
+    if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
+        x = x.to(memory_format=torch.channels_last)
+    return loss_closure(model, opt, x, (x[:, 0, 0, 0] > 0).long())
+
+
+def conv_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, seeds: range) -> None:
+    for i in seeds:
+        opt.step(conv_closure(model, opt, i))

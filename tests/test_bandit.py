@@ -1,4 +1,5 @@
-"""The EXP3 update, the capped projection and mask sampling against slsam.reference."""
+"""The EXP3 update, the capped projection and mask sampling against slsam.reference; the
+Bandit class that holds their state."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from slsam import ops, reference
+from slsam.bandit import Bandit
 
 
 def authors_bandit_weights(probs: torch.Tensor, mask: torch.Tensor, norms: torch.Tensor,
@@ -149,3 +151,86 @@ def test_sample_mask_nan_probs_terminates():
     probs = torch.full((5,), float("nan"), dtype=torch.float64)
     m = ops.sample_mask(probs, torch.Generator().manual_seed(0))
     assert int(m.sum()) == 1
+
+
+# ----- slsam.bandit.Bandit: the state around the kernels -----
+
+
+def make_bandit(n=40, sparsity=0.3, seed=5, **kw):
+    args = dict(alpha=1e-3, p_min=1e-3, normalize_loss=False) | kw
+    return Bandit(n, sparsity, seed=seed, device=torch.device("cpu"), **args)
+
+
+def test_bandit_starts_uniform_at_the_sparsity():
+    b = make_bandit(40, 0.3)
+    assert b.n == 40 and b.k == pytest.approx(12.0) and b.sparse
+    assert b.probs.dtype == torch.float64 and torch.equal(b.probs, torch.full((40,), 0.3,
+                                                                              dtype=torch.float64))
+    assert not make_bandit(10, 1.0).sparse
+
+
+def test_bandit_sample_is_the_kernel_on_its_generator():
+    b = make_bandit(seed=7)
+    expected = ops.sample_mask(b.probs, torch.Generator().manual_seed(7))
+    assert torch.equal(b.sample(), expected)
+
+
+def test_dense_bandit_samples_every_arm_without_drawing():
+    b = make_bandit(10, 1.0, seed=3)
+    state = b.generator.get_state()
+    assert bool(b.sample().all()) and torch.equal(b.generator.get_state(), state)
+    probs = b.probs.clone()
+    b.update(torch.ones(10, dtype=torch.bool), torch.rand(10), None)
+    assert torch.equal(b.probs, probs)  # nothing to learn
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_bandit_update_is_the_reference_update(normalize):
+    b = make_bandit(normalize_loss=normalize)
+    mask = b.sample()
+    norms = torch.rand(int(mask.sum()), generator=torch.Generator().manual_seed(1))
+    expected = update(reference.bandit_update_, b.probs, mask, norms, b.k, normalize)
+    b.update(mask, norms, None)
+    torch.testing.assert_close(b.probs, expected, rtol=1e-12, atol=1e-15)
+    before = b.probs.clone()
+    b.update(mask, norms, torch.tensor(True))
+    assert torch.equal(b.probs, before)
+
+
+def test_bandit_seed_none_follows_torch_manual_seed():
+    torch.manual_seed(0)
+    a = make_bandit(seed=None).sample()
+    torch.manual_seed(0)
+    assert torch.equal(make_bandit(seed=None).sample(), a)
+
+
+def test_bandit_state_dict_round_trip_continues_the_draws():
+    a = make_bandit(seed=1)
+    for _ in range(3):
+        m = a.sample()
+        a.update(m, torch.rand(int(m.sum())), None)
+    mask = a.sample()
+    sd = {**a.state_dict(), "mask": mask}
+    b = make_bandit(seed=2)
+    b.load_state_dict(sd)
+    assert torch.equal(b.probs, a.probs)
+    assert torch.equal(b.sample(), a.sample())
+    assert {"probs", "generator", "sparsity", "alpha", "p_min", "normalize_loss"} <= set(sd)
+
+
+@pytest.mark.parametrize("bad", ["size", "nan", "zero", "mask_size"])
+def test_bandit_refuses_bad_state_and_keeps_its_own(bad):
+    b = make_bandit(20)
+    sd = {**make_bandit(20).state_dict(), "mask": torch.ones(20, dtype=torch.bool)}
+    if bad == "size":
+        sd = {**make_bandit(21).state_dict(), "mask": torch.ones(21, dtype=torch.bool)}
+    elif bad == "nan":
+        sd["probs"][0] = float("nan")
+    elif bad == "zero":
+        sd["probs"][0] = 0.0
+    else:
+        sd["mask"] = torch.ones(3, dtype=torch.bool)
+    probs, gen = b.probs.clone(), b.generator.get_state()
+    with pytest.raises(ValueError, match="arms|corrupted"):
+        b.load_state_dict(sd)
+    assert torch.equal(b.probs, probs) and torch.equal(b.generator.get_state(), gen)

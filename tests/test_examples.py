@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Net
 from torch import nn
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -74,11 +75,22 @@ def test_parse_spec():
     assert (s.kind, s.value, s.rho, s.overrides["lr"]) == ("slsam", 0.2, 0.05, 3e-4)
     assert methods.parse_spec("sam").rho == methods.SAM_RHO
     assert methods.parse_spec("uniform:0.5").rho == methods.SLSAM_RHO
+    assert methods.parse_spec("slsam:0.2@arms=block").arms == "block"
+    assert methods.parse_spec("slsam:0.2").arms == "tensor"
     for bad, msg in [("sgd", "unknown method"), ("slsam", "needs a value"),
                      ("adamw:0.2", "takes no"), ("sam@beta=1", "unknown override"),
-                     ("slsam:0.2@lrscale", "is not a number"), ("slsam:x", "is not a number")]:
+                     ("slsam:0.2@lrscale", "is not a number"), ("slsam:x", "is not a number"),
+                     ("slsam:0.2@arms=row", "one of tensor, block"), ("sam@arms=block", "needs slsam")]:
         with pytest.raises(ValueError, match=msg):
             methods.parse_spec(bad)
+
+
+def test_arms_block_gives_one_arm_per_block_and_keeps_the_head_out():
+    model = Net()
+    head = list(model.head.parameters())
+    method = methods.make_method("slsam:0.5@arms=block", model, head, lr=1e-2, seed=0)
+    sizes = [len(a) for a in method.opt.arm_groups]
+    assert sizes == [1, 1, 4, 4, 4, 4]  # embed.weight, embed.bias, the 4 blocks; head: always
 
 
 class BagOfWords(nn.Module):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from conftest import batch, tiny_mlp
 
 import slsam
+from slsam._checks import check_grads
 
 # ----- helpers -----
 
@@ -101,7 +102,7 @@ def make_opt(base="adamw_fused", sparsity=0.5, always_active=False, seed=0, dept
     else:
         groups = params
     opt = slsam.SLSAM(groups, cls, sparsity=sparsity, seed=seed, **base_kw, **kw)
-    assert opt._fused == (base == "adamw_fused")
+    assert (opt._update.name == "fused_adamw") == (base == "adamw_fused")
     return model, opt
 
 
@@ -136,9 +137,9 @@ def test_nonfinite_gradient_skips_step(base, which, where, value):
     warm_up(model, opt)
     frozen = Frozen(model, opt)
     if which == "arm":
-        target = opt._active_arms[0]
+        target = opt._set.active_arms[0]
     else:
-        target = opt._always[0]
+        target = opt._set.always[0]
     passes = {"first": {1}, "second": {2}, "both": {1, 2}}[where]
 
     def inject(call):
@@ -184,7 +185,7 @@ def test_generic_path_does_not_call_base_step_on_skip():
     x, y = batch(0)
     opt.step(make_closure(model, opt, x, y))
     assert len(calls) == 1
-    opt.step(make_closure(model, opt, x, y, hook=lambda c: opt._active[0].grad.fill_(float("nan"))))
+    opt.step(make_closure(model, opt, x, y, hook=lambda c: opt._set.active[0].grad.fill_(float("nan"))))
     assert len(calls) == 1 and opt.skipped_steps == 1
 
 
@@ -225,7 +226,7 @@ def test_corrupted_probabilities_never_hang_the_sampler(bad):
     """ops.sample_mask gives up after 1000 empty draws and takes the argmax: through the
     optimizer, a corrupted bandit still steps (on one arm) instead of looping forever."""
     model, opt = make_opt("adamw_fused", depth=6)
-    opt._probs.fill_(bad)
+    opt._bandit.probs.fill_(bad)
     _alarm(60)
     try:
         for i in range(3):
@@ -481,10 +482,9 @@ def test_gradient_on_another_device_refused():
     p = torch.nn.Parameter(torch.randn(5))
     with pytest.raises(RuntimeError, match="device"):
         p.grad = torch.randn(5, device="meta")
-    opt = slsam.SLSAM([p], lr=0.1, sparsity=1.0)
     stub = types.SimpleNamespace(grad=torch.randn(5, device="meta"), dtype=p.dtype, shape=p.shape)
     with pytest.raises(ValueError, match="one device"):
-        opt._check_grads([stub])
+        check_grads([stub], p.device)
 
 
 @pytest.mark.parametrize("bad", ["shape", "dtype"])

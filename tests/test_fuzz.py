@@ -148,7 +148,7 @@ class SLSAMMachine(RuleBasedStateMachine):
         calls = []
         inner = self.closure(x, y, zero)
         self.opt.step(lambda: calls.append(1) or inner(), first_pass_done=True)
-        if any(p.grad is not None for p in self.opt._active) or calls:
+        if any(p.grad is not None for p in self.opt._set.active) or calls:
             assert len(calls) in (1, 2)
         self.check_inactive_untouched(mask, before)
 
@@ -192,7 +192,7 @@ class SLSAMMachine(RuleBasedStateMachine):
             loss = self.loss(x, y)
             loss.backward()
             if calls[0] == where:
-                p = next(p for p in self.opt._active if p.grad is not None)
+                p = next(p for p in self.opt._set.active if p.grad is not None)
                 p.grad.view(-1)[-1] = value
             return loss
 
@@ -225,7 +225,7 @@ class SLSAMMachine(RuleBasedStateMachine):
         assert torch.equal(fresh.probs, self.opt.probs)
         assert torch.equal(fresh.mask, self.opt.mask)
         assert fresh.skipped_steps == self.opt.skipped_steps
-        assert torch.equal(fresh._generator.get_state(), self.opt._generator.get_state())
+        assert torch.equal(fresh._bandit.generator.get_state(), self.opt._bandit.generator.get_state())
         self.opt = fresh
 
     @precondition(lambda self: self.pending is None)
@@ -301,7 +301,7 @@ class SLSAMMachine(RuleBasedStateMachine):
         self.opt.zero_grad()
         self.expect_unchanged(lambda: self.opt.step(closure), TypeError, "return loss")
         assert not self.opt.perturbed
-        assert all(p.grad is None for p in self.opt._active)
+        assert all(p.grad is None for p in self.opt._set.active)
 
     # ----- invariants -----
 
@@ -333,7 +333,7 @@ class SLSAMMachine(RuleBasedStateMachine):
             assert [p.requires_grad for p in self.opt.arms] == mask
         else:
             assert all(p.requires_grad for p in self.opt.arms)
-        assert all(p.requires_grad for p in self.opt._always)
+        assert all(p.requires_grad for p in self.opt._set.always)
 
 
 SLSAMMachine.TestCase.settings = settings(

@@ -502,7 +502,7 @@ def test_same_seed_same_bits_and_resume_equals_not_stopping(cfg, seed, stop, thr
     for a, b in zip(m1.parameters(), model.parameters(), strict=False):
         assert torch.equal(a, b), "resumed run differs"
     assert torch.equal(o1.probs, opt.probs) and torch.equal(o1.mask, opt.mask)
-    assert torch.equal(o1._generator.get_state(), opt._generator.get_state())
+    assert torch.equal(o1._bandit.generator.get_state(), opt._bandit.generator.get_state())
     for p1, p2 in zip(m1.parameters(), model.parameters(), strict=False):
         s1, s2 = o1.state.get(p1, {}), opt.state.get(p2, {})
         assert s1.keys() == s2.keys()

@@ -12,6 +12,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import conv_model, conv_steps, loss_closure
 from torch import nn
 
 import slsam
@@ -24,15 +25,7 @@ def batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def closure_for(model: nn.Module, opt: torch.optim.Optimizer, seed: int):
-    x, y = batch(seed)
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
+    return loss_closure(model, opt, *batch(seed))  # this file's two-class batch
 
 
 class Tied(nn.Module):
@@ -121,7 +114,7 @@ def test_mask_of_only_unused_tensors_is_drawn_again():
 def test_loss_using_no_parameter_still_raises_and_changes_nothing():
     model = TwoHeads()
     opt = slsam.SLSAM(model.parameters(), sparsity=0.5, seed=0, lr=1e-2)
-    mask, gen = opt.mask, opt._generator.get_state()
+    mask, gen = opt.mask, opt._bandit.generator.get_state()
     x, _ = batch(0)
 
     def closure() -> torch.Tensor:
@@ -131,7 +124,7 @@ def test_loss_using_no_parameter_still_raises_and_changes_nothing():
 
     with pytest.raises(RuntimeError, match="does not require grad"):
         opt.step(closure)
-    assert torch.equal(opt.mask, mask) and torch.equal(opt._generator.get_state(), gen)
+    assert torch.equal(opt.mask, mask) and torch.equal(opt._bandit.generator.get_state(), gen)
     assert [p.requires_grad for p in opt.arms] == mask.tolist()
 
 
@@ -223,7 +216,7 @@ def test_gradients_left_by_another_backward_are_discarded_at_entry(base):
             z, real = torch.randn(16, 4, generator=g), torch.randn(16, 8, generator=g)
             if leftover:  # the generator's loss, through D (G's optimizer left out)
                 (-disc(gen(z)).mean()).backward()
-                assert any(p.grad is not None for p in d_opt._active)
+                assert any(p.grad is not None for p in d_opt._set.active)
             calls: list[int] = []
             d_opt.step(disc_closure(gen, disc, z, real, calls))
             assert len(calls) == 2
@@ -365,33 +358,6 @@ def test_amp_unscale_in_the_closure_still_skips_a_non_finite_pass_and_backs_off(
 # ----- memory-layout changes after the state exists -----
 
 
-def conv_model(device: str) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.Tanh(), nn.Conv2d(8, 8, 3), nn.Flatten(),
-                         nn.Linear(8 * 4 * 4, 2)).to(device)
-
-
-def conv_closure(model: nn.Module, opt: torch.optim.Optimizer, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(8, 3, 8, 8, generator=g).to(next(model.parameters()).device)
-    if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
-        x = x.to(memory_format=torch.channels_last)
-    y = (x[:, 0, 0, 0] > 0).long()
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
-
-
-def conv_steps(model: nn.Module, opt: torch.optim.Optimizer, seeds: range) -> None:
-    for i in seeds:
-        opt.step(conv_closure(model, opt, i))
-
-
 def assert_same_run(model: nn.Module, ref: nn.Module) -> None:
     """Equal up to the summation order of the norms, which the memory format changes."""
     for p, r in zip(model.parameters(), ref.parameters(), strict=True):
@@ -406,7 +372,7 @@ def test_channels_last_after_the_state_exists_trains_like_contiguous(when, devic
 
     model = conv_model(device)
     opt = slsam.SAM(model.parameters(), rho=0.05, lr=1e-2)
-    assert opt._fused
+    assert opt._update.name == "fused_adamw"
     conv_steps(model, opt, range(3))
     if when == "model_moved_after_steps":
         model.to(memory_format=torch.channels_last)
@@ -511,7 +477,7 @@ def test_fp16_parameters_take_steps_of_lr_with_small_gradients(grad, device):
     p = nn.Parameter(torch.zeros(64, dtype=torch.float16, device=device))
     lr, steps = 1e-4, 300
     opt = slsam.SAM([p], rho=1e-3, lr=lr, weight_decay=0.0)
-    assert opt._fused
+    assert opt._update.name == "fused_adamw"
     c = torch.full((64,), -grad, dtype=torch.float16, device=device)
 
     def closure() -> torch.Tensor:

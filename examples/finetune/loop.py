@@ -143,8 +143,10 @@ def train(task: Task, spec: str, seed: int, steps: int, batch: int, lr: float,
         opt = method.opt
         assert isinstance(opt, slsam.SLSAM)
         names = {id(p): n for n, p in model.named_parameters()}
-        out["arms"] = [names[id(p)] for p in opt.arms]
-        out["arm_numel"] = [p.numel() for p in opt.arms]
+        # an arm of several tensors (arms=block) is named by their common prefix
+        out["arms"] = [os.path.commonprefix([names[id(p)] for p in arm]).rstrip(".")
+                       for arm in opt.arm_groups]
+        out["arm_numel"] = [sum(p.numel() for p in arm) for arm in opt.arm_groups]
         out["masks"] = masks
         out["final_probs"] = opt.probs.tolist()
     return out

@@ -14,7 +14,9 @@ running statistics are frozen. Specs:
 
 A spec may end in ``@key=value,...`` to override rho, lr, alpha or normalize (e.g.
 ``slsam:0.2@rho=0.05``); ``lrscale=1`` gives the bandit's tensors the learning rate lr / S
-(each is updated in about S of the steps; the always-active head keeps lr). RST and
+(each is updated in about S of the steps; the always-active head keeps lr); ``arms=block``
+makes each numbered block one arm (``slsam.arms.by_block``; ``arms=tensor``, the default,
+one arm per tensor). RST and
 LookSAM are written here in plain PyTorch (foreach ops, fused AdamW), as a user would.
 """
 
@@ -44,6 +46,7 @@ class Spec:
     value: float | None = None
     overrides: dict[str, float] = field(default_factory=dict)
     text: str = ""
+    arms: str = "tensor"
 
     @property
     def rho(self) -> float:
@@ -52,7 +55,8 @@ class Spec:
 
 
 KINDS = ("adamw", "sam", "slsam", "uniform", "rst", "looksam")
-OVERRIDES = ("rho", "lr", "alpha", "normalize", "lrscale")
+OVERRIDES = ("rho", "lr", "alpha", "normalize", "lrscale", "arms")
+ARMS = ("tensor", "block")
 
 
 def parse_spec(text: str) -> Spec:
@@ -65,12 +69,19 @@ def parse_spec(text: str) -> Spec:
         raise ValueError(f"method {text!r}: {kind} {'needs' if needs_value else 'takes no'} a value "
                          "after ':' (e.g. slsam:0.2, rst:0.5, looksam:5)")
     overrides: dict[str, float] = {}
+    arms = "tensor"
     for item in filter(None, over.split(",")):
         k, _, v = item.partition("=")
         if k not in OVERRIDES:
             raise ValueError(f"method {text!r}: unknown override {k!r} ({', '.join(OVERRIDES)})")
+        if k == "arms":
+            if v not in ARMS or kind not in ("slsam", "uniform"):
+                raise ValueError(f"method {text!r}: arms={v} needs slsam or uniform and one of "
+                                 f"{', '.join(ARMS)} (e.g. slsam:0.2@arms=block)")
+            arms = v
+            continue
         overrides[k] = _number(text, v)
-    return Spec(kind, _number(text, value) if value else None, overrides, text)
+    return Spec(kind, _number(text, value) if value else None, overrides, text, arms)
 
 
 def _number(text: str, v: str) -> float:
@@ -99,10 +110,15 @@ class Method:
             alpha = 0.0 if spec.kind == "uniform" else float(spec.overrides.get("alpha", 1e-3))
             sparsity = float(spec.value or 0.0)
             body_lr = lr / sparsity if spec.overrides.get("lrscale") else lr
+            groups = None
+            if spec.arms == "block":
+                groups = [[p for p in g if id(p) not in head_ids]
+                          for g in slsam.arms.by_block(model)]
             self.opt = slsam.SLSAM(
                 [{"params": body, "lr": body_lr}, {"params": list(head), "always_active": True}],
                 rho=spec.rho, sparsity=sparsity, alpha=alpha, seed=seed, lr=lr,
-                weight_decay=WEIGHT_DECAY, normalize_loss=bool(spec.overrides.get("normalize", 0)))
+                weight_decay=WEIGHT_DECAY, normalize_loss=bool(spec.overrides.get("normalize", 0)),
+                arm_groups=groups)
         elif spec.kind == "sam":
             self.opt = slsam.SAM(self.params, rho=spec.rho, lr=lr, weight_decay=WEIGHT_DECAY)
         else:
@@ -205,4 +221,5 @@ def make_method(text: str, model: nn.Module, head: list[nn.Parameter], lr: float
 
 def describe(text: str) -> dict[str, Any]:
     s = parse_spec(text)
-    return {"spec": text, "kind": s.kind, "value": s.value, "rho": s.rho, **s.overrides}
+    return {"spec": text, "kind": s.kind, "value": s.value, "rho": s.rho, "arms": s.arms,
+            **s.overrides}

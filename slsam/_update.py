@@ -1,0 +1,79 @@
+"""How ``second_step()`` restores the weights and takes the base optimizer's step.
+
+One table, :data:`PATHS`, tried in order: the first path whose ``applies`` accepts
+the base optimizer (and its param groups) is used. ``fused_adamw`` restores x and
+takes AdamW's step in one kernel pass; ``generic`` restores x, then calls the base
+optimizer's own ``step()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from slsam import ops
+from slsam._adamw_state import adamw_state, restore_adamw_
+from slsam._pending import PendingStep
+
+
+@dataclass(frozen=True)
+class UpdatePath:
+    name: str
+    applies: Callable[[torch.optim.Optimizer], bool]
+    # (base optimizer, pending step, its second-pass gradients, found_inf, grad_scale)
+    run: Callable[[torch.optim.Optimizer, PendingStep, list[Tensor], Tensor, Tensor | None], None]
+
+
+def _fused_adamw_applies(base: torch.optim.Optimizer) -> bool:
+    if type(base) is not torch.optim.AdamW:
+        return False
+    return not any(g.get("amsgrad") or g.get("maximize") or g.get("differentiable")
+                   for g in base.param_groups)
+
+
+def _fused_adamw_run(base: torch.optim.Optimizer, pending: PendingStep, grads: list[Tensor],
+                     found_inf: Tensor, grad_scale: Tensor | None) -> None:
+    del grads
+    for group, ps, backups in pending.groups:
+        upd = [i for i, p in enumerate(ps) if p.grad is not None]
+        rest = [i for i, p in enumerate(ps) if p.grad is None]
+        if rest:  # unused in the second pass: nothing to update with
+            ops.restore_([ps[i] for i in rest], [backups[i] for i in rest])
+        if not upd:
+            continue
+        params = [ps[i] for i in upd]
+        states = [adamw_state(base.state[p], p) for p in params]
+        beta1, beta2 = group["betas"]
+        restore_adamw_(
+            params, [backups[i] for i in upd], [p.grad for p in params],
+            [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            [s["step"] for s in states], float(group["lr"]), float(beta1), float(beta2),
+            float(group["weight_decay"]), float(group["eps"]), grad_scale, found_inf)
+
+
+def _any_optimizer(base: torch.optim.Optimizer) -> bool:
+    del base
+    return True
+
+
+def _generic_run(base: torch.optim.Optimizer, pending: PendingStep, grads: list[Tensor],
+                 found_inf: Tensor, grad_scale: Tensor | None) -> None:
+    pending.restore()
+    if not bool(found_inf):  # host sync: only on the generic path
+        if grad_scale is not None and grads:
+            torch._foreach_mul_(grads, grad_scale.reciprocal().to(grads[0].device))
+        base.step()
+
+
+PATHS: tuple[UpdatePath, ...] = (
+    UpdatePath("fused_adamw", _fused_adamw_applies, _fused_adamw_run),
+    UpdatePath("generic", _any_optimizer, _generic_run),
+)
+
+
+def choose(base: torch.optim.Optimizer) -> UpdatePath:
+    """The first path of :data:`PATHS` that applies to ``base``."""
+    return next(path for path in PATHS if path.applies(base))
