@@ -73,6 +73,13 @@ class SLSAM(torch.optim.Optimizer):
             perturbed and updated as a whole, with the L2 norm over its tensors as the
             arm's gradient norm. Trainable tensors listed in no group are one arm each;
             default: one arm per tensor (the authors' algorithm).
+        scale_lr: give the bandit's groups (every group not ``always_active``) the
+            learning rate ``lr / sparsity`` at construction: an arm takes an optimizer
+            step in only about ``sparsity`` of the steps, and AdamW's step length does
+            not grow to make up for it (the fine-tuning comparison in the README: without
+            it, SL-SAM never reaches AdamW's or SAM's accuracy in a short fine-tune). The
+            scaled value is the group's ``lr`` from then on (schedulers and checkpoints see
+            it). Default off: the authors' algorithm.
         reuse_backups: keep the weight backups in one buffer reused every step
             (default: on CPU, where fresh memory costs a page fault per 4 KiB on its
             first write; CUDA's caching allocator reuses memory by itself). The
@@ -99,8 +106,11 @@ class SLSAM(torch.optim.Optimizer):
         mask_mode: str = "requires_grad",
         arm_groups: Sequence[Sequence[Tensor]] | None = None,
         reuse_backups: bool | None = None,
+        scale_lr: bool = False,
         **base_kwargs: Any,
     ) -> None:
+        if not isinstance(scale_lr, bool):
+            raise TypeError(f"scale_lr must be True or False, got {scale_lr!r}")
         _checks.check_arguments(mask_mode=mask_mode, rho=rho, sparsity=sparsity, alpha=alpha,
                                 p_min=p_min, base_optimizer=base_optimizer)
         self._initialised = False
@@ -109,6 +119,8 @@ class SLSAM(torch.optim.Optimizer):
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
+        if scale_lr:
+            _scale_arm_lr(self.param_groups, sparsity)
         self.state = self.base_optimizer.state
         self.mask_mode = mask_mode
         self._device = _checks.check_params(self.param_groups)
@@ -408,6 +420,17 @@ class SLSAM(torch.optim.Optimizer):
         if scaler is not None:
             return _amp.loss_scale(scaler, self)
         return getattr(self, "grad_scale", None)
+
+
+def _scale_arm_lr(groups: list[dict[str, Any]], sparsity: float) -> None:
+    """``scale_lr``: lr / sparsity for the bandit's groups, before anything reads lr."""
+    for i, g in enumerate(groups):
+        if g.get("always_active"):
+            continue
+        if "lr" not in g:
+            raise ValueError(f"scale_lr=True needs a learning rate 'lr' in param_groups[{i}]; "
+                             "this base optimizer has none: leave scale_lr off")
+        g["lr"] = g["lr"] / sparsity
 
 
 class SAM(SLSAM):
