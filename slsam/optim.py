@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.amp.grad_scaler import GradScaler, OptState
 
-from slsam import ops
+from slsam import _one_pass, ops
 from slsam._backups import BackupPool
 
 Closure = Callable[[], Tensor]
@@ -138,6 +138,11 @@ class SLSAM(torch.optim.Optimizer):
             first write; CUDA's caching allocator reuses memory by itself). The
             buffer stays allocated between steps, at the size of the largest set of
             active tensors so far (``backup_bytes()``).
+        passes: 2 (default) is SL-SAM: a pass at x for the direction, a pass at x + e.
+            1 is one-pass SL-SAM (Momentum-SAM's idea on the active tensors): perturb
+            along the base optimizer's first moment, ``-rho * m / ||m||``, and take
+            one forward/backward at x + e per step (``step(closure)`` only; AdamW or
+            Adam; see :mod:`slsam._one_pass`).
         **base_kwargs: passed to ``base_optimizer`` (lr, weight_decay, ...).
     """
 
@@ -158,6 +163,7 @@ class SLSAM(torch.optim.Optimizer):
         normalize_loss: bool = False,
         mask_mode: str = "requires_grad",
         reuse_backups: bool | None = None,
+        passes: int = 2,
         **base_kwargs: Any,
     ) -> None:
         if mask_mode not in ("requires_grad", "grad"):
@@ -172,12 +178,16 @@ class SLSAM(torch.optim.Optimizer):
                 f"base_optimizer must be an optimizer class such as torch.optim.AdamW, got "
                 f"{base_optimizer!r}; pass the class and its arguments as keywords, "
                 "e.g. SLSAM(params, torch.optim.SGD, lr=0.1)")
+        _one_pass.check_args(passes, base_optimizer)
+        self.passes = int(passes)
         self._initialised = False
         super().__init__(params, dict(rho=rho, adaptive=adaptive))
         _check_group_rhos(self.param_groups)
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
+        if self.passes == 1:
+            _one_pass.check_groups(self.param_groups)
         self.state = self.base_optimizer.state
         self.sparsity = float(sparsity)
         self.alpha = float(alpha)
@@ -335,7 +345,13 @@ class SLSAM(torch.optim.Optimizer):
         :meth:`second_step`. ``scaler``: a ``torch.amp.GradScaler`` whose
         ``scale(loss).backward()`` the closure uses; gradients are unscaled inside
         the kernels and the scaler learns of non-finite gradients for ``update()``.
+
+        With ``passes=1`` the closure runs once, at the perturbed weights, and its loss
+        is returned; gradients held at entry are discarded.
         """
+        if self.passes == 1:
+            _check_group_rhos(self.param_groups)
+            return _one_pass.step(self, closure, scaler)
         if closure is None:
             if self._pending is not None:
                 self.second_step(scaler=scaler)
@@ -375,6 +391,8 @@ class SLSAM(torch.optim.Optimizer):
         clean; ``zero_grad`` is accepted for davda54/sam compatibility.
         """
         del zero_grad
+        if self.passes == 1:
+            raise _one_pass.split_step_error("first_step")
         if self._pending is not None:
             raise RuntimeError("first_step() called twice; call second_step() after the "
                                "second forward/backward")
@@ -436,6 +454,8 @@ class SLSAM(torch.optim.Optimizer):
         """Restore the weights, take the base step with the second gradients,
         update the bandit and sample the next mask. Gradients are cleared."""
         del zero_grad
+        if self.passes == 1:
+            raise _one_pass.split_step_error("second_step")
         if self._pending is None:
             raise RuntimeError("second_step() called before first_step(); call first_step() "
                                "after the first backward")
