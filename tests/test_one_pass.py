@@ -383,3 +383,24 @@ def test_one_pass_needs_step_with_a_closure():
 def test_two_passes_stay_the_default():
     opt = slsam.SLSAM(tiny_mlp().parameters())
     assert opt.passes == 2
+
+
+def test_mask_mode_grad_gives_the_same_steps():
+    m1, m2 = tiny_mlp(), tiny_mlp()
+    o1, o2 = one_pass(m1), one_pass(m2, mask_mode="grad")
+    for i in range(5):
+        x, y = batch(i)
+        o1.step(counting_closure(m1, x, y, []))
+        o2.step(counting_closure(m2, x, y, []))
+    for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(o1.probs, o2.probs)
+
+
+def test_dense_one_pass_updates_every_tensor_every_step():
+    model = tiny_mlp()
+    opt = slsam.SLSAM(model.parameters(), sparsity=1.0, passes=1, lr=LR, rho=RHO)
+    for i in range(3):
+        x, y = batch(i)
+        opt.step(counting_closure(model, x, y, []))
+    assert all(float(opt.state[p]["step"]) == 3 for p in model.parameters())
