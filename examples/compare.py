@@ -11,6 +11,9 @@ time-to-accuracy table and the accuracy-against-time plot.
     python examples/compare.py --task text --report-only    # tables/plots from saved runs
     python examples/compare.py --demo                       # `make demo`: short, one process
 
+With <out>/step_cost_<task>.json present (``step_cost.py``), a second table gives the time to
+accuracy at the methods' side-by-side step cost (steps read off the records).
+
 Records: <out>/<task>/<method>_seed<k>.json; summary: <out>/<name>.{json,md,png}.
 """
 
@@ -114,9 +117,19 @@ def main() -> None:
     header = (f"{args.task}: {first['steps']} steps, batch {first['batch']}, lr {first['lr']}, "
               f"seeds {sorted({r['seed'] for r in runs})}; {first['machine']}; {first['date']}")
     print("\n" + header + "\n" + md)
+    summary: dict = {"header": header, "rows": rows}
+    cost_path = out / f"step_cost_{args.task}.json"
+    if cost_path.exists():
+        cost = json.loads(cost_path.read_text())
+        summary["cost_rows"] = report.cost_rows(runs, cost["seconds_per_step"])
+        cost_md = report.cost_table(summary["cost_rows"])
+        cost_header = (f"At the side-by-side step cost (step_cost.py: {cost['machine']}; "
+                       f"{cost['date']}):")
+        print("\n" + cost_header + "\n" + cost_md)
+        md += "\n\n" + cost_header + "\n\n" + cost_md
     stem = args.name or f"compare_{args.task}"
     (out / f"{stem}.md").write_text(header + "\n\n" + md + "\n")
-    (out / f"{stem}.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
     report.plot_curves(runs, out / f"{stem}.png", header.split(";")[0])
     print(f"wrote {out / stem}.md/.json/.png ({time.time() - started:.0f} s)")
 

@@ -169,6 +169,36 @@ def test_time_to_accuracy_and_summary(tmp_path):
     assert all((tmp_path / f).stat().st_size > 1000 for f in ("c.png", "s.png", "h.png"))
 
 
+def test_time_to_accuracy_at_the_side_by_side_step_cost():
+    runs = [_run("sam", 0, [0.1, 0.5, 0.8, 0.9]), _run("sam", 1, [0.1, 0.6, 0.9, 0.9]),
+            _run("adamw", 0, [0.1, 0.7, 0.8, 0.8]), _run("slsam:0.2", 0, [0.1, 0.9, 0.9, 0.95])]
+    for r in runs:
+        r["steps"] = 3
+    cost = {"sam": 2.0, "adamw": 1.0, "slsam:0.2": 1.5}
+    rows = {r["method"]: r for r in report.cost_rows(runs, cost)}
+    # SAM's accuracy (0.9) at step 3 and 2 (mean 2.5), at 2 s/step; SAM's own run: 3 steps * 2 s.
+    assert rows["sam"]["steps_to_sam"] == pytest.approx(2.5)
+    assert rows["sam"]["cost_to_sam_vs_sam"] == pytest.approx(5.0 / 6.0)
+    assert rows["slsam:0.2"]["cost_to_sam"] == pytest.approx(1.5)
+    assert rows["slsam:0.2"]["vs_adamw"] == pytest.approx(1.5)
+    assert rows["adamw"]["steps_to_sam_reached"] == 0
+    md = report.cost_table(list(rows.values()))
+    assert "never (0/1)" in md and "1 steps, 2 s, 0.25x (1/1)" in md and md.count("\n") == 4
+    assert "looksam:5" not in {r["method"] for r in report.cost_rows(
+        runs + [_run("looksam:5", 0, [0.5])], cost)}
+
+
+@pytest.mark.slow
+def test_step_cost_cli_quick(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    subprocess.run([sys.executable, str(EXAMPLES / "step_cost.py"), "--task", "text", "--quick",
+                    "--methods", "adamw", "slsam:0.2", "--out", str(tmp_path)],
+                   check=True, env=env, timeout=600)
+    rec = json.loads((tmp_path / "quick" / "step_cost_text.json").read_text())
+    assert set(rec["seconds_per_step"]) == {"adamw", "slsam:0.2"}
+    assert all(v > 0 for v in rec["seconds_per_step"].values()) and rec["machine"]
+
+
 # ----- the real models and the CLIs (a few steps) -----
 
 @pytest.mark.slow

@@ -11,11 +11,12 @@ from typing import Any
 Run = dict[str, Any]
 
 
-def time_to(curve: list[dict[str, float]], target: float) -> float | None:
-    """Training seconds at the first evaluation with test accuracy >= target (None: never)."""
+def time_to(curve: list[dict[str, float]], target: float, key: str = "t") -> float | None:
+    """Training seconds (or, with key="step", steps) at the first evaluation with test accuracy
+    >= target (None: never)."""
     for pt in curve:
         if pt["test_acc"] >= target - 1e-12:
-            return pt["t"]
+            return pt[key]
     return None
 
 
@@ -88,6 +89,48 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{_fmt(r['seconds'], r['seconds_std'], 0)} | {r['s_per_step']:.3f} | "
             f"{_reach(r, 'sam')} | {_reach(r, 'adamw')} | {r['active']:.2f} | "
             f"{r['state_mib']:.0f} | {r['peak_rss_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def cost_rows(runs: list[Run], step_cost: dict[str, float]) -> list[dict[str, Any]]:
+    """Per method: the steps to reach SAM's and AdamW's final mean accuracy (read off the
+    records, mean over the seeds that reach it) times the method's side-by-side step cost
+    (``step_cost.py``): the time to accuracy without the load each run happened to share its
+    machine with."""
+    groups = by_method(runs)
+    targets = {k: _ms([r["final_test_acc"] for r in groups[k]])[0] for k in ("sam", "adamw")
+               if k in groups}
+    sam_total = groups["sam"][0]["steps"] * step_cost["sam"] if "sam" in step_cost and "sam" in \
+        groups else math.nan
+    rows = []
+    for spec, rs in groups.items():
+        if spec not in step_cost:
+            continue
+        row: dict[str, Any] = {"method": spec, "seeds": len(rs), "s_per_step": step_cost[spec]}
+        row["vs_adamw"] = step_cost[spec] / step_cost["adamw"] if "adamw" in step_cost else math.nan
+        for name, target in targets.items():
+            steps = [s for r in rs if (s := time_to(r["curve"], target, "step")) is not None]
+            row[f"steps_to_{name}"], _ = _ms(steps)
+            row[f"steps_to_{name}_reached"] = len(steps)
+            row[f"cost_to_{name}"] = row[f"steps_to_{name}"] * step_cost[spec]
+            row[f"cost_to_{name}_vs_sam"] = row[f"cost_to_{name}"] / sam_total
+        rows.append(row)
+    return rows
+
+
+def cost_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of ``cost_rows``."""
+    def reach(r: dict[str, Any], k: str) -> str:
+        if not r[f"steps_to_{k}_reached"]:
+            return f"never (0/{r['seeds']})"
+        return (f"{r[f'steps_to_{k}']:.0f} steps, {r[f'cost_to_{k}']:.0f} s, "
+                f"{r[f'cost_to_{k}_vs_sam']:.2f}x ({r[f'steps_to_{k}_reached']}/{r['seeds']})")
+    lines = ["| method | s/step side by side (x AdamW) | to SAM's acc: steps, time, x SAM's "
+             "run (seeds) | to AdamW's acc: steps, time, x SAM's run (seeds) |",
+             "|" + " --- |" * 4]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['s_per_step']:.3f} ({r['vs_adamw']:.2f}x) | "
+                     f"{reach(r, 'sam')} | {reach(r, 'adamw')} |")
     return "\n".join(lines)
 
 
