@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.amp.grad_scaler import GradScaler, OptState
+from torch.amp.grad_scaler import GradScaler
 
-from slsam import ops
+from slsam import _amp, ops
+from slsam._adamw_state import moment_dtype
 
 if TYPE_CHECKING:
     from slsam.optim import SLSAM, Closure
@@ -81,7 +82,8 @@ def split_step_error(which: str) -> RuntimeError:
 def _first_moment(opt: SLSAM, p: Tensor) -> Tensor | None:
     state = opt.base_optimizer.state.get(p)
     m = state.get("exp_avg") if state else None
-    if not isinstance(m, Tensor) or m.shape != p.shape or m.dtype != p.dtype:
+    if not isinstance(m, Tensor) or m.shape != p.shape or m.dtype not in (p.dtype,
+                                                                          moment_dtype(p)):
         return None
     return m
 
@@ -108,7 +110,10 @@ def _perturb(opt: SLSAM) -> Held:
             # NOTE: restore_(dst, src) copies src into dst: the backup of a tensor that
             # does not move, which the fused update reads as x.
             ops.restore_([bks[k] for k in still], [ps[k] for k in still])
-            ops.perturb_([ps[k] for k in moving], [ms[k] for k in moving],  # type: ignore[misc]
+            # NOTE: fp16 parameters keep fp32 moments (slsam._adamw_state); the kernel
+            # takes a direction of the parameter's dtype.
+            ops.perturb_([ps[k] for k in moving],
+                         [ms[k].to(ps[k].dtype) for k in moving],  # type: ignore[union-attr]
                          [bks[k] for k in moving], total, DIRECTION_SIGN * float(group["rho"]))
             held.append((group, ps, bks))
     except BaseException:
@@ -124,6 +129,7 @@ def step(opt: SLSAM, closure: Closure | None, scaler: GradScaler | None) -> Tens
             "SLSAM(passes=1).step() needs a closure that computes the loss, calls backward() "
             "and returns the loss: the one pass runs at the perturbed weights")
     check_groups(opt.param_groups)
+    opt._note_unfrozen()
     opt._clear_grads()  # gradients held at entry are at x, not at x + e
     held: Held = []
 
@@ -151,7 +157,8 @@ def step(opt: SLSAM, closure: Closure | None, scaler: GradScaler | None) -> Tens
         arm_grads = [p.grad for p in opt._active_arms]
         norm_inputs = [g if g is not None else opt._empty_grad(p)
                        for p, g in zip(opt._active_arms, arm_grads, strict=False)]
-        norm_inputs += [p.grad for p in opt._always if p.grad is not None]
+        norm_inputs += [p.grad for p in opt._active[len(opt._active_arms):]
+                        if p.grad is not None]
         norms, total = ops.grad_norms(norm_inputs, device=opt._device)
         found_inf = ~torch.isfinite(total)
         external = getattr(opt, "found_inf", None)  # set by GradScaler.step(opt)
@@ -179,9 +186,7 @@ def step(opt: SLSAM, closure: Closure | None, scaler: GradScaler | None) -> Tens
                            opt.normalize_loss)
     opt._skipped += found_inf
     if scaler is not None and scaler.is_enabled():
-        state = scaler._per_optimizer_states[id(opt)]
-        state["found_inf_per_device"] = {found_inf.device: found_inf.float()}
-        state["stage"] = OptState.STEPPED
+        _amp.record_step(scaler, opt, found_inf)
     opt._clear_grads()
     if opt._sparse:
         opt._set_mask(ops.sample_mask(opt._probs, opt._generator))

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from slsam.optim import SLSAM
+from slsam.optim import SLSAM, _trainable
 
 
 class SLSAMTrainer(Trainer):
@@ -56,7 +56,7 @@ class SLSAMTrainer(Trainer):
             decay = set(self.get_decay_parameter_names(opt_model))
             groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
             for name, p in opt_model.named_parameters():
-                if not p.requires_grad:
+                if not _trainable(p):  # frozen by the user; arms another SLSAM masked count
                     continue
                 key = (name in decay, name.startswith(self.always_active) if self.always_active
                        else False)

@@ -18,10 +18,13 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.amp.grad_scaler import GradScaler, OptState
+from torch.amp.grad_scaler import GradScaler
 
-from slsam import _one_pass, ops
+from slsam import _amp, _one_pass, ops
+from slsam._adamw_state import adamw_state, keep_saved_wide_moments, restore_adamw_
 from slsam._backups import BackupPool
+from slsam._no_grad_watch import NoGradWatch
+from slsam._no_grad_watch import warn as warn_no_grad
 
 Closure = Callable[[], Tensor]
 
@@ -113,7 +116,8 @@ class SLSAM(torch.optim.Optimizer):
         params: parameters or param groups. A group with ``"always_active": True``
             is perturbed and updated every step, outside the bandit (e.g. a freshly
             initialised classifier head). Parameters with ``requires_grad=False`` at
-            construction stay frozen and are not arms.
+            construction are not arms; one unfrozen later trains every step from
+            then on, as an always-active one.
         base_optimizer: the optimizer class that takes the update step (AdamW:
             fused restore + update kernel; any other: restore, then its ``step()``).
         rho: perturbation radius.
@@ -219,6 +223,12 @@ class SLSAM(torch.optim.Optimizer):
             p for g in self.param_groups if g.get("always_active", False)
             for p in g["params"] if _trainable(p)]
         self._trainable_ids = {id(p) for p in trainable}
+        # NOTE: frozen at construction, so not arms; one the user unfreezes later (gradual
+        # unfreezing) trains every step from then on, as an always-active tensor, on every
+        # base optimizer's path (see _apply_mask and _note_unfrozen).
+        self._late: list[Tensor] = [p for g in self.param_groups for p in g["params"]
+                                    if not _trainable(p) and p.is_floating_point()]
+        self._late_on: list[bool] = [False] * len(self._late)
         for p in trainable:  # masked off by an earlier SLSAM: trainable again (see _MASKED)
             if getattr(p, _MASKED, False):
                 p.requires_grad_(True)
@@ -253,6 +263,11 @@ class SLSAM(torch.optim.Optimizer):
             reuse_backups = self._device.type == "cpu"
         self._backups = BackupPool(bool(reuse_backups))
         self._fused = self._fused_adamw_ok()
+        # Active tensors without a first-pass gradient, watched in the second forward
+        # (see slsam/_no_grad_watch.py); those found unused are not watched again.
+        self._watch: NoGradWatch | None = None
+        self._watched: set[int] = set()
+        self._warned_no_grad = False
         self._initialised = True
         if self._sparse:
             self._set_mask(ops.sample_mask(self._probs, self._generator))
@@ -330,15 +345,18 @@ class SLSAM(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(  # type: ignore[override]
-        self, closure: Closure | None = None, *, scaler: GradScaler | None = None
+        self, closure: Closure | None = None, *, scaler: GradScaler | None = None,
+        first_pass_done: bool = False,
     ) -> Tensor | None:
         """One SL-SAM step; returns the loss at the unperturbed point when it ran it.
 
         ``closure`` computes the loss and runs backward (zeroing grads is optional:
-        the optimizer clears them between passes). If the active tensors already
-        hold gradients at entry (the user ran the first backward, as with
-        davda54/sam), they are the first pass and the closure runs once;
-        otherwise it runs twice (PyTorch's closure convention).
+        the optimizer clears them between passes). It runs for both passes
+        (PyTorch's closure convention); gradients present at entry are discarded
+        first (e.g. those a generator's backward left on a discriminator in a GAN).
+        ``first_pass_done=True`` (davda54/sam's convention): the caller ran the
+        first backward, the active tensors' gradients at entry are the first pass
+        and the closure runs once (twice if no active tensor holds a gradient).
 
         Called without a closure after :meth:`first_step` (e.g. by
         ``GradScaler.step(opt)``, Hugging Face's Trainer or Lightning), it is
@@ -366,7 +384,10 @@ class SLSAM(torch.optim.Optimizer):
         _check_group_rhos(self.param_groups)  # before the closure: a refused step runs no pass
         loss0 = None
         try:
-            if not any(p.grad is not None for p in self._active):
+            self._note_unfrozen()
+            if not first_pass_done:
+                self._clear_grads()
+            if not (first_pass_done and any(p.grad is not None for p in self._active)):
                 loss0 = self._first_pass(closure)
             self.first_step(scaler=scaler)
         except BaseException:
@@ -397,9 +418,10 @@ class SLSAM(torch.optim.Optimizer):
             raise RuntimeError("first_step() called twice; call second_step() after the "
                                "second forward/backward")
         _check_group_rhos(self.param_groups)
+        self._note_unfrozen()
         self._drop_inactive_grads()
         arm_grads = [p.grad for p in self._active_arms]
-        always = [p for p in self._always if p.grad is not None]
+        always = [p for p in self._active[len(self._active_arms):] if p.grad is not None]
         norm_inputs = [g if g is not None else self._empty_grad(p)
                        for p, g in zip(self._active_arms, arm_grads, strict=False)]
         norm_inputs += [p.grad for p in always]
@@ -435,8 +457,10 @@ class SLSAM(torch.optim.Optimizer):
         done: list[tuple[list[Tensor], list[Tensor]]] = []
         try:
             for group, ps, backups in groups:
-                ops.perturb_(ps, [p.grad for p in ps], backups, total, group["rho"],
-                             group["adaptive"])
+                # NOTE: a base optimizer with maximize=True ascends the loss, so the
+                # worst nearby point for it lies along -g.
+                rho = -group["rho"] if group.get("maximize") else group["rho"]
+                ops.perturb_(ps, [p.grad for p in ps], backups, total, rho, group["adaptive"])
                 done.append((ps, backups))
         except BaseException:
             for ps, backups in done:  # NOTE: a kernel refused a later group: undo the earlier
@@ -447,6 +471,10 @@ class SLSAM(torch.optim.Optimizer):
         if grad_scale is not None:
             arm_norms = arm_norms / grad_scale.to(arm_norms.device, torch.float32)
         self._pending = dict(groups=groups, arm_norms=arm_norms, found_inf=found_inf)
+        if not self._warned_no_grad and any(g is None for g in arm_grads):
+            self._watch_gradless()
+        if scaler is not None:
+            _amp.allow_second_unscale(scaler, self)
         self._clear_grads()
 
     @torch.no_grad()
@@ -460,6 +488,7 @@ class SLSAM(torch.optim.Optimizer):
             raise RuntimeError("second_step() called before first_step(); call first_step() "
                                "after the first backward")
         pending = self._pending
+        self._close_watch()
         # NOTE: a refused gradient or a failing base step must not leave the weights at
         # x + e: restore them exactly and forget the pass, then re-raise.
         try:
@@ -489,10 +518,7 @@ class SLSAM(torch.optim.Optimizer):
                                self.alpha, self._k, self.normalize_loss)
         self._skipped += found_inf
         if scaler is not None and scaler.is_enabled():
-            # What GradScaler.step() would record, so that scaler.update() backs off.
-            state = scaler._per_optimizer_states[id(self)]
-            state["found_inf_per_device"] = {found_inf.device: found_inf.float()}
-            state["stage"] = OptState.STEPPED
+            _amp.record_step(scaler, self, found_inf)
         self._pending = None
         self._clear_grads()
         if self._sparse:
@@ -511,6 +537,7 @@ class SLSAM(torch.optim.Optimizer):
         # pass) to step as the original would. Hooks are left behind, as torch does.
         state = {k: v for k, v in self.__dict__.items() if not k.startswith("_optimizer_")}
         state["_backups"] = BackupPool(self._backups.reuse)  # scratch memory, not state
+        state["_watch"] = None  # a diagnosis of the pass in progress, not state
         return state
 
     # ----- state dict -----
@@ -557,6 +584,8 @@ class SLSAM(torch.optim.Optimizer):
         # reference only), as torch keeps whatever lies outside param_groups; the saved
         # probabilities are brought to this sparsity by the next bandit update.
         self._fused = self._fused_adamw_ok()
+        if self._fused:
+            keep_saved_wide_moments(self.state, self.param_groups, sd)
         mask = extra["mask"].to(self._device, torch.bool)
         if not self._sparse:  # every arm, every step: a saved sparse mask does not apply
             mask = torch.ones_like(mask)
@@ -587,10 +616,17 @@ class SLSAM(torch.optim.Optimizer):
         else:
             self._expect_grad = [True] * len(self._arms)
         self._active_arms = [p for p, on in zip(self._arms, self._mask_list, strict=False) if on]
-        ids = {id(p) for p in self._active_arms} | {id(p) for p in self._always}
+        self._late_on = [p.requires_grad for p in self._late]
+        late = [p for p, on in zip(self._late, self._late_on, strict=True) if on]
+        ids = {id(p) for p in self._active_arms} | {id(p) for p in self._always + late}
         self._active_by_group = [[p for p in g["params"] if id(p) in ids]
                                  for g in self.param_groups]
-        self._active = self._active_arms + self._always
+        self._active = self._active_arms + self._always + late
+
+    def _note_unfrozen(self) -> None:
+        """Take in the tensors frozen at construction that the user has (un)frozen since."""
+        if self._late and [p.requires_grad for p in self._late] != self._late_on:
+            self._apply_mask()
 
     def _note_user_frozen(self) -> None:
         """Record the arms the user froze or unfroze since the mask was last applied.
@@ -634,9 +670,10 @@ class SLSAM(torch.optim.Optimizer):
         return t
 
     def _grad_scale(self, scaler: GradScaler | None) -> Tensor | None:
-        """The loss scale the gradients carry: the scaler's, or GradScaler.step()'s attribute."""
+        """The loss scale the gradients carry: the scaler's (None once ``unscale_()``d),
+        or GradScaler.step()'s attribute."""
         if scaler is not None:
-            return scaler._scale if scaler.is_enabled() else None
+            return _amp.loss_scale(scaler, self)
         return getattr(self, "grad_scale", None)
 
     def _check_grads(self, params: list[Tensor]) -> None:
@@ -695,9 +732,27 @@ class SLSAM(torch.optim.Optimizer):
                 "compute the loss, call loss.backward() and `return loss`")
         return loss
 
+    def _watch_gradless(self) -> None:
+        """Watch the second forward of the active tensors without a gradient (first seen)."""
+        gradless = [p for p in self._active if p.grad is None and id(p) not in self._watched]
+        if gradless:
+            self._watched.update(id(p) for p in gradless)
+            self._watch = NoGradWatch(gradless)
+
+    def _close_watch(self) -> None:
+        if self._watch is None:
+            return
+        found, self._watch = self._watch.close(), None
+        if found:
+            self._warned_no_grad = True
+            warn_no_grad(found)
+
     def _abort(self) -> None:
         """Undo a first_step(): restore the weights, forget the pass."""
         assert self._pending is not None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         for _, ps, backups in self._pending["groups"]:
             ops.restore_(ps, backups)
         self._pending = None
@@ -715,21 +770,14 @@ class SLSAM(torch.optim.Optimizer):
             params = [ps[i] for i in upd]
             states = [self._adamw_state(p) for p in params]
             beta1, beta2 = group["betas"]
-            ops.restore_adamw_(
+            restore_adamw_(
                 params, [backups[i] for i in upd], [p.grad for p in params],
                 [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                 [s["step"] for s in states], float(group["lr"]), float(beta1), float(beta2),
                 float(group["weight_decay"]), float(group["eps"]), grad_scale, found_inf)
 
     def _adamw_state(self, p: Tensor) -> dict[str, Any]:
-        state = self.base_optimizer.state[p]
-        if not state:  # as torch.optim.AdamW lays it out (fused: step on the device)
-            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        elif state["step"].device != p.device:
-            state["step"] = state["step"].to(p.device)
-        return state
+        return adamw_state(self.base_optimizer.state[p], p)
 
 
 class SAM(SLSAM):

@@ -164,7 +164,7 @@ def test_bad_rho_set_through_param_groups_is_refused_at_the_step(style, bad):
             opt.step(closure)
         elif style == "first_pass_given":
             closure()
-            opt.step(closure)
+            opt.step(closure, first_pass_done=True)
         else:
             closure()
             opt.first_step()

@@ -207,7 +207,7 @@ def test_overflowing_norm_with_adaptive_skips_instead_of_nan_probs():
             p.grad = torch.ones_like(p)
         return torch.zeros(())
 
-    opt.step(second)
+    opt.step(second, first_pass_done=True)
     frozen.check(skipped_more=1)
     assert bool(torch.isfinite(opt.probs).all())
 
@@ -547,7 +547,7 @@ def test_grad_dtype_override_refused():
     before = p.detach().clone()
     p.grad = torch.randn(5)
     with pytest.raises(ValueError, match="dtype"):
-        opt.step(lambda: torch.zeros(()))
+        opt.step(lambda: torch.zeros(()), first_pass_done=True)
     assert torch.equal(p, before)
 
 
@@ -678,7 +678,9 @@ def test_mixed_precision_parameter_list():
         opt.step(make_closure(net, opt, x, y))
     assert opt.skipped_steps == 0
     for p, b in zip(net.parameters(), before, strict=False):
-        assert opt.state[p]["exp_avg"].dtype == p.dtype
+        # fp16 tensors keep fp32 moments (tests/test_training_loops.py says why)
+        want = torch.float32 if p.dtype == torch.float16 else p.dtype
+        assert opt.state[p]["exp_avg"].dtype == want
         assert bool(torch.isfinite(p).all()) and not torch.equal(p, b)
 
     dts = (torch.float32, torch.bfloat16, torch.bfloat16)
@@ -764,7 +766,7 @@ def test_stale_gradients_of_inactive_tensors_are_not_applied(base):
             F.cross_entropy(model(x), y).backward()  # e.g. a saliency probe
         mask, before = opt.mask.tolist(), snapshot(model)
         F.cross_entropy(model(x), y).backward()  # davda style, without zero_grad()
-        opt.step(make_closure(model, opt, x, y, zero=False))
+        opt.step(make_closure(model, opt, x, y, zero=False), first_pass_done=True)
         for on, p, b in zip(mask, model.parameters(), before, strict=False):
             if not on:
                 assert torch.equal(p, b), "an inactive tensor was updated"

@@ -2,9 +2,9 @@
 
 A state machine drives SLSAM through random sequences of: step(closure) in either
 closure convention (PyTorch's: the closure runs both passes; davda54/sam's: the first
-backward before step), first_step()/second_step() (and step() without a closure as
-the second half), state_dict()/load_state_dict() round trips into a fresh optimizer
-(also through torch.save), dense() blocks with a backward inside (and a step
+backward before step(closure, first_pass_done=True)), first_step()/second_step() (and
+step() without a closure as the second half), state_dict()/load_state_dict() round
+trips into a fresh optimizer (also through torch.save), dense() blocks with a backward inside (and a step
 after one, without zero_grad()), zero_grad(), steps
 with a non-finite gradient, and misuse calls that must raise. After every call it
 checks the invariants:
@@ -123,11 +123,14 @@ class SLSAMMachine(RuleBasedStateMachine):
     # ----- rules: steps -----
 
     @precondition(lambda self: self.pending is None)
-    @rule(zero=st.booleans())
-    def step_pytorch_convention(self, zero):
+    @rule(zero=st.booleans(), leftover=st.booleans())
+    def step_pytorch_convention(self, zero, leftover):
         x, y = self.next_batch()
         mask, before = self.opt.mask.tolist(), snapshot(self.params)
-        self.opt.zero_grad()  # no gradients at entry: the closure runs twice
+        if leftover:  # gradients at entry are discarded: the closure runs twice all the same
+            self.loss(x, y).backward()
+        else:
+            self.opt.zero_grad()
         calls = []
         inner = self.closure(x, y, zero)
         loss = self.opt.step(lambda: calls.append(1) or inner())
@@ -144,7 +147,7 @@ class SLSAMMachine(RuleBasedStateMachine):
         self.loss(x, y).backward()  # the first pass, by the caller
         calls = []
         inner = self.closure(x, y, zero)
-        self.opt.step(lambda: calls.append(1) or inner())
+        self.opt.step(lambda: calls.append(1) or inner(), first_pass_done=True)
         if any(p.grad is not None for p in self.opt._active) or calls:
             assert len(calls) in (1, 2)
         self.check_inactive_untouched(mask, before)
@@ -252,7 +255,7 @@ class SLSAMMachine(RuleBasedStateMachine):
         with self.opt.dense():
             self.loss(x, y).backward()
         self.loss(x, y).backward()
-        self.opt.step(self.closure(x, y, zero))
+        self.opt.step(self.closure(x, y, zero), first_pass_done=True)
         self.check_inactive_untouched(mask, before)
 
     @rule(set_to_none=st.booleans())

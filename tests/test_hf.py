@@ -119,3 +119,21 @@ def test_trainer_gradient_accumulation_equals_one_large_batch(tmp_path):
     torch.testing.assert_close(acc.slsam_optimizer.probs, big.slsam_optimizer.probs,
                                rtol=1e-6, atol=0)
     assert not acc.slsam_optimizer.perturbed and not acc._micro_batches
+
+
+def test_second_trainer_on_the_same_model_takes_every_arm(tmp_path):
+    """create_optimizer() keeps what requires grad; the arms a first SLSAM masked off
+    (requires_grad=False, marked) must be taken too, tensors the user froze must not."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(MODEL_DIR, num_labels=2)
+    frozen = model.bert.embeddings.word_embeddings.weight
+    frozen.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainers = [SLSAMTrainer(model=model, args=args, slsam_kwargs=dict(sparsity=0.2, seed=i))
+                for i in range(2)]
+    first = trainers[0].create_optimizer()
+    assert not all(p.requires_grad for p in trainable)  # some arms masked off now
+    second = trainers[1].create_optimizer()
+    assert {id(p) for p in second.arms} == {id(p) for p in first.arms} == {id(p) for p in trainable}
+    assert not frozen.requires_grad

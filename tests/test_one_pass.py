@@ -404,3 +404,21 @@ def test_dense_one_pass_updates_every_tensor_every_step():
         x, y = batch(i)
         opt.step(counting_closure(model, x, y, []))
     assert all(float(opt.state[p]["step"]) == 3 for p in model.parameters())
+
+
+def test_fp16_parameters_move_along_their_fp32_moments():
+    model = tiny_mlp().half()
+    opt = one_pass(model, sparsity=1.0)
+    params = list(model.parameters())
+    x, y = batch(0)
+    opt.step(counting_closure(model, x, y, []))
+    assert all(opt.state[p]["exp_avg"].dtype == torch.float32 for p in params)
+    before = [p.detach().clone() for p in params]
+    ms = [opt.state[p]["exp_avg"].clone() for p in params]
+    norm = math.sqrt(sum(float(m.double().square().sum()) for m in ms))
+    calls: list[list[Tensor]] = []
+    opt.step(counting_closure(model, *batch(1), calls))
+    for seen, x0, m in zip(calls[0], before, ms, strict=True):
+        expect = (x0.float() - RHO / norm * m).half()
+        torch.testing.assert_close(seen, expect, rtol=2e-3, atol=1e-4)
+    assert opt.skipped_steps == 0

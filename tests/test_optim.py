@@ -160,7 +160,8 @@ def test_two_call_style_is_bit_identical_to_closure():
 
 @pytest.mark.parametrize("zero_in_closure", [True, False])
 def test_first_backward_before_step_is_taken_as_first_pass(zero_in_closure):
-    """davda54/sam style: loss.backward(); opt.step(closure) — the closure runs once."""
+    """davda54/sam style: loss.backward(); opt.step(closure, first_pass_done=True) — the
+    closure runs once."""
     m1, m2 = tiny_mlp(), tiny_mlp()
     o1 = slsam.SLSAM(m1.parameters(), lr=1e-2, sparsity=0.5, seed=5)
     o2 = slsam.SLSAM(m2.parameters(), lr=1e-2, sparsity=0.5, seed=5)
@@ -170,7 +171,7 @@ def test_first_backward_before_step_is_taken_as_first_pass(zero_in_closure):
         calls = []
         closure = make_closure(m2, o2, x, y, zero=zero_in_closure)
         F.cross_entropy(m2(x), y).backward()
-        o2.step(lambda c=closure, calls=calls: calls.append(1) or c())
+        o2.step(lambda c=closure, calls=calls: calls.append(1) or c(), first_pass_done=True)
         assert len(calls) == 1
     assert_same(snapshot(m1), snapshot(m2))
 

@@ -1,0 +1,88 @@
+"""The AdamW state the fused restore + update kernel reads, laid out as it needs.
+
+The kernel (``slsam::restore_adamw_``) walks a parameter and its moments with one
+set of strides, so the moments must have the parameter's. ``torch.optim.AdamW``
+copes with any strides, and so must SLSAM: a model moved to another memory format
+after the state exists (``model.to(memory_format=torch.channels_last)``), or a
+contiguous checkpoint loaded into a channels_last model, leaves moments laid out
+unlike their parameter; they are re-laid (copied once) at the next update.
+
+fp16 parameters keep fp32 moments: in fp16 storage exp_avg_sq = (1 - beta2) * g^2
+underflows for small gradients (|g| below ~1e-2 reaches fp16's subnormals), and
+m / (sqrt(v) + eps) then grows far beyond 1, so the step grows far beyond lr. The
+kernel takes moments of the parameter's dtype, so those parameters are updated
+through fp32 copies, rounded to fp16 once as the kernel itself rounds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from slsam import ops
+
+_MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def moment_dtype(p: Tensor) -> torch.dtype:
+    return torch.float32 if p.dtype == torch.float16 else p.dtype
+
+
+def adamw_state(state: dict[str, Any], p: Tensor) -> dict[str, Any]:
+    """``state`` (the base optimizer's entry for ``p``), created or re-laid for ``p``."""
+    if not state:  # as torch.optim.AdamW lays it out (fused: step on the device)
+        state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+        for key in _MOMENTS:
+            state[key] = torch.zeros_like(p, dtype=moment_dtype(p),
+                                          memory_format=torch.preserve_format)
+        return state
+    if state["step"].device != p.device:
+        state["step"] = state["step"].to(p.device)
+    dtype = moment_dtype(p)
+    for key in _MOMENTS:
+        t = state[key]
+        if (t.stride() != p.stride() or t.dtype != dtype) and t.shape == p.shape:
+            relaid = torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format)
+            relaid.copy_(t)
+            state[key] = relaid
+    return state
+
+
+def restore_adamw_(params: list[Tensor], backups: list[Tensor], grads: list[Tensor],
+                   exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], steps: list[Tensor],
+                   *hyper: Any) -> None:
+    """``ops.restore_adamw_``, also for parameters whose moments are wider (fp16 with fp32
+    moments): those through fp32 copies of parameter, backup and gradient."""
+    lists = (params, backups, grads, exp_avgs, exp_avg_sqs, steps)
+    wide = [i for i, (p, m) in enumerate(zip(params, exp_avgs, strict=True)) if m.dtype != p.dtype]
+    if not wide:
+        ops.restore_adamw_(*lists, *hyper)
+        return
+    same = [i for i in range(len(params)) if i not in set(wide)]
+    if same:
+        ops.restore_adamw_(*([ts[i] for i in same] for ts in lists), *hyper)
+    outs = [torch.empty_like(params[i], dtype=exp_avgs[i].dtype) for i in wide]
+    ops.restore_adamw_(outs, [backups[i].to(exp_avgs[i].dtype) for i in wide],
+                       [grads[i].to(exp_avgs[i].dtype) for i in wide],
+                       [exp_avgs[i] for i in wide], [exp_avg_sqs[i] for i in wide],
+                       [steps[i] for i in wide], *hyper)
+    for i, out in zip(wide, outs, strict=True):
+        params[i].copy_(out)
+
+
+def keep_saved_wide_moments(state: dict[Tensor, dict[str, Any]], groups: list[dict[str, Any]],
+                            saved: dict[str, Any]) -> None:
+    """After torch's ``load_state_dict``, which casts the moments to their parameter's
+    dtype: the fp32 moments saved for fp16 parameters, as saved."""
+    ids = [i for g in saved["param_groups"] for i in g["params"]]
+    params = [p for g in groups for p in g["params"]]
+    for i, p in zip(ids, params, strict=False):
+        entry = saved["state"].get(i)
+        if moment_dtype(p) == p.dtype or not entry or p not in state:
+            continue
+        for key in _MOMENTS:
+            t = entry.get(key)
+            if isinstance(t, Tensor) and t.shape == p.shape:
+                state[p][key] = t.to(device=p.device, dtype=moment_dtype(p), copy=True)

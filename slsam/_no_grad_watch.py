@@ -1,0 +1,56 @@
+"""Tell an unused tensor from one that ran without autograd (reentrant checkpointing).
+
+NOTE: ``torch.utils.checkpoint(..., use_reentrant=True)`` runs its block under
+``no_grad`` and recomputes it in backward only when the block's input requires grad;
+otherwise the block's parameters get no gradient, which SLSAM cannot tell from a tensor
+the loss does not use: they would silently never be perturbed or updated. When active
+tensors lack a first-pass gradient, the second forward is watched with a global module
+forward hook (only then: the hook costs a Python call per module call); a tensor whose
+module ran only with gradients disabled and which again got no gradient is reported,
+once per optimizer. Tensors found unused are not watched again.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+from torch.nn.modules.module import register_module_forward_hook
+
+FIX = ("activation checkpointing with use_reentrant=True gives no gradient to the "
+       "parameters of a block whose input does not require grad, and SLSAM then takes them "
+       "for unused tensors (never perturbed or updated). Use torch.utils.checkpoint(..., "
+       "use_reentrant=False), or give the block an input that requires grad (e.g. "
+       "model.enable_input_require_grads() in transformers)")
+
+
+class NoGradWatch:
+    """Records which of ``params`` belong to a module that ran with gradients disabled
+    (and not with them enabled) while the watch is open."""
+
+    def __init__(self, params: list[Tensor]) -> None:
+        self.params = {id(p): p for p in params}
+        self.no_grad: set[int] = set()
+        self.grad: set[int] = set()
+        self._handle = register_module_forward_hook(self._ran)
+
+    def _ran(self, module: torch.nn.Module, args: object, out: object) -> None:
+        seen = self.grad if torch.is_grad_enabled() else self.no_grad
+        for p in module._parameters.values():
+            if p is not None and id(p) in self.params:
+                seen.add(id(p))
+
+    def close(self) -> list[Tensor]:
+        """Stop watching; the tensors that ran only without autograd and have no gradient."""
+        self._handle.remove()
+        return [p for k, p in self.params.items()
+                if k in self.no_grad and k not in self.grad and p.grad is None]
+
+
+def warn(tensors: list[Tensor]) -> None:
+    shapes = ", ".join(str(tuple(p.shape)) for p in tensors[:3])
+    more = f" and {len(tensors) - 3} more" if len(tensors) > 3 else ""
+    warnings.warn(f"SLSAM: {len(tensors)} active tensor(s) (shapes {shapes}{more}) got no "
+                  f"gradient although their module ran, with gradients disabled: {FIX}",
+                  stacklevel=4)
