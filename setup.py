@@ -75,7 +75,11 @@ def extension():
         # division approximate, so the CUDA kernels would round differently
         # from the CPU kernels and torch.optim.AdamW; these kernels are
         # memory-bound and gain nothing from it.
-        args["nvcc"] = ["-O3", "-lineinfo"]
+        # -fmad=false: no contraction of a * b + c into a fused multiply-add
+        # (nvcc's default), for the same reason as -ffp-contract=off above:
+        # the kernels shared with the CPU (slsam/elementwise.h, slsam/bandit.h)
+        # then round as the CPU kernels do.
+        args["nvcc"] = ["-O3", "-lineinfo", "-fmad=false"]
         kind = CUDAExtension
     return kind(
         "slsam._C",

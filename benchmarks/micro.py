@@ -391,7 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     ap.add_argument("--device", default=None, help="cpu or cuda (default: both if CUDA is "
                     "available, else cpu)")
-    ap.add_argument("--sections", nargs="+", default=["ops", "step"], choices=["ops", "step"])
+    ap.add_argument("--sections", nargs="+", default=["ops", "step"],
+                    choices=["ops", "bandit", "step"],
+                    help="ops (every operator, the bandit's included), bandit (only "
+                    "bandit_update_ and sample_mask, at each of --sizes arms), step")
     ap.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction,
                     default=None, help="include the torch.compile SAM baseline in the step "
                     "section (default: on, off with --quick; compiling takes ~10-60 s a list)")
@@ -431,12 +434,13 @@ def main(argv: list[str] | None = None) -> int:
 
     for dev in devices:
         b = Bench(min_run, dev)
-        if "ops" in args.sections:
+        if "ops" in args.sections or "bandit" in args.sections:
             for n in args.sizes:
-                for dt in args.dtypes:
+                for dt in args.dtypes if "ops" in args.sections else []:
                     print(f"[ops] {dev} n={n} {dt} ...", file=sys.stderr, flush=True)
                     bench_ops(b, n, total, dt, args.seed)
                     gc.collect()
+                print(f"[bandit] {dev} n={n} arms ...", file=sys.stderr, flush=True)
                 bench_bandit(b, n, args.seed)
                 save(all_rows + b.rows, partial=True)
         if "step" in args.sections:

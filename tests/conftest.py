@@ -54,12 +54,20 @@ def cpu(ts):
     return [t.cpu() for t in ts]
 
 
-def misaligned(t: torch.Tensor) -> torch.Tensor:
-    """The same values at storage offset 1 (data pointer off the vector alignment)."""
-    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
-    out = buf[1:].view(t.shape)
+def misaligned(t: torch.Tensor, offset: int = 1) -> torch.Tensor:
+    """The same values at storage offset `offset` elements, so the data pointer is off the
+    kernels' 16-byte vector alignment (the allocators align storage to at least 64 bytes)."""
+    buf = torch.empty(t.numel() + offset, dtype=t.dtype, device=t.device)
+    out = buf[offset:].view(t.shape)
     out.copy_(t)
     return out
+
+
+def offsets_off_16_bytes(dtype: torch.dtype) -> list[int]:
+    """Storage offsets (in elements) whose data pointer is off the 16-byte vector alignment:
+    one element, and 8 bytes (8- but not 16-byte aligned) where that is a different offset."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return sorted({1, 8 // size})
 
 
 def adamw_inputs(shapes, dtype, seed=0, device="cpu"):

@@ -9,18 +9,19 @@ from slsam._backups import BackupPool
 from tests.conftest import batch, tiny_mlp
 
 
-def test_views_are_laid_out_like_the_params_aligned_and_disjoint():
+def test_views_are_laid_out_like_the_params_aligned_and_disjoint(device):
     big = 1 << 16  # elements: over the pool's size threshold in every dtype
     params = [torch.randn(3, 5), torch.randn(4, 8, 32, 64).to(memory_format=torch.channels_last),
               torch.randn(0, 4), torch.randn(big + 7, dtype=torch.bfloat16),
               torch.randn(1, dtype=torch.float16), torch.randn(big, 3, dtype=torch.float64),
               torch.randn(big * 2 + 1)]
+    params = [p.to(device) for p in params]
     pool = BackupPool(reuse=True)
     views = pool.take(params)
     assert pool.nbytes > 0
     spans = []
     for p, v in zip(params, views, strict=False):
-        assert (v.shape, v.dtype, v.stride()) == (p.shape, p.dtype, p.stride())
+        assert (v.shape, v.dtype, v.stride(), v.device) == (p.shape, p.dtype, p.stride(), p.device)
         assert v.data_ptr() % 64 == 0
         if v.numel():
             spans.append((v.data_ptr(), v.data_ptr() + v.numel() * v.element_size()))
@@ -31,9 +32,9 @@ def test_views_are_laid_out_like_the_params_aligned_and_disjoint():
         assert torch.equal(v, p)
 
 
-def test_buffer_is_reused_and_grows_only_when_needed():
+def test_buffer_is_reused_and_grows_only_when_needed(device):
     pool = BackupPool(reuse=True)
-    a, b, small = torch.randn(1 << 16), torch.randn(1 << 16), torch.randn(10)
+    a, b, small = (torch.randn(n, device=device) for n in (1 << 16, 1 << 16, 10))
     ptr = pool.take([a, small])[0].data_ptr()
     size = pool.nbytes
     assert size >= a.numel() * 4
@@ -71,11 +72,12 @@ def test_small_non_dense_and_no_reuse_get_fresh_tensors():
     assert pool.nbytes == 0
 
 
-def _run(reuse: bool, steps: int = 12, width: int = 256) -> tuple[list[torch.Tensor], slsam.SLSAM]:
-    model = tiny_mlp(0, width=width)  # 256 x 256 fp32 weights: pooled
+def _run(reuse: bool, steps: int = 12, width: int = 256,
+         device: str = "cpu") -> tuple[list[torch.Tensor], slsam.SLSAM]:
+    model = tiny_mlp(0, width=width).to(device)  # 256 x 256 fp32 weights: pooled
     opt = slsam.SLSAM(model.parameters(), lr=1e-2, sparsity=0.5, seed=3, reuse_backups=reuse)
     for i in range(steps):
-        x, y = batch(i)
+        x, y = (t.to(device) for t in batch(i))
 
         def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
             opt.zero_grad()
@@ -87,9 +89,9 @@ def _run(reuse: bool, steps: int = 12, width: int = 256) -> tuple[list[torch.Ten
     return [p.detach().clone() for p in model.parameters()], opt
 
 
-def test_reusing_backups_changes_no_bit_of_the_run():
-    with_pool, opt = _run(True)
-    fresh, opt_fresh = _run(False)
+def test_reusing_backups_changes_no_bit_of_the_run(device):
+    with_pool, opt = _run(True, device=device)
+    fresh, opt_fresh = _run(False, device=device)
     assert all(torch.equal(a, b) for a, b in zip(with_pool, fresh, strict=False))
     assert 0 < opt.backup_bytes() <= sum(p.numel() * 4 + 64 for p in opt.arms)
     assert opt_fresh.backup_bytes() == 0  # nothing held between steps

@@ -66,3 +66,17 @@ def test_step_runs_without_tqdm():
             "bar.set_postfix_str('y'); bar.update(1); bar.close()\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_micro_bandit_section_times_only_the_bandit(tmp_path, monkeypatch):
+    """benchmarks/gpu_check.sh times the bandit alone: micro.py --sections bandit."""
+    import json
+
+    from benchmarks import common, micro
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    assert micro.main(["--device", "cpu", "--sections", "bandit", "--sizes", "10", "30",
+                       "--min-run-time", "0.01", "--no-compile", "--out", "bandit_t"]) == 0
+    rows = json.loads((tmp_path / "bandit_t.json").read_text())["rows"]
+    assert {r["case"] for r in rows} == {"bandit_update_", "sample_mask"}
+    assert {r["n"] for r in rows} == {10, 30}

@@ -1,5 +1,6 @@
-"""What only the CUDA kernels have: streams, device-side scalars, the Philox mask
-sampler, >2^31-element tensors, and the optimizer's host syncs on a GPU.
+"""What only the CUDA kernels have: streams, CUDA graphs, a second GPU, device-side
+scalars, the Philox mask sampler, >2^31-element tensors and >65,535-tensor lists,
+and the optimizer's host syncs on a GPU (with and without a GradScaler).
 
 The operator tests shared with the CPU kernels are in tests/test_ops.py (they
 run on every device present). Every test here needs a GPU and an extension
@@ -14,7 +15,18 @@ import warnings
 
 import pytest
 import torch
-from conftest import HYPER, NEEDS_CUDA, SIZES, adamw_inputs, batch, make, misaligned, tiny_mlp
+from conftest import (
+    CHUNK,
+    HYPER,
+    NEEDS_CUDA,
+    SIZES,
+    adamw_inputs,
+    batch,
+    make,
+    misaligned,
+    run_adamw,
+    tiny_mlp,
+)
 from philox_mirror import M32, MASK_THREADS, MAX_DRAWS, mirror_sample_mask, philox4x32_10
 
 import slsam
@@ -68,8 +80,10 @@ def bandit_case(n, seed=0, frac=0.3, scale=1.0):
 
 
 @pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
-@pytest.mark.parametrize("n, scale", [(1, 1.0), (7, 1.0), (300, 1.0), (300, 300.0), (10000, 1.0)],
-                         ids=["1", "7", "300", "300-large-norms", "10k"])
+@pytest.mark.parametrize("n, scale", [(1, 1.0), (7, 1.0), (255, 1.0), (256, 1.0), (257, 1.0),
+                                      (300, 1.0), (300, 300.0), (1000, 1e4), (10000, 1.0)],
+                         ids=["1", "7", "255", "256", "257", "300", "300-large-norms",
+                              "1000-huge-norms", "10k"])
 def test_bandit_update_matches_cpu_and_reference(n, scale, normalize):
     probs, mask, norms = bandit_case(n, scale=scale)
     k = max(1.0, 0.2 * n)
@@ -77,8 +91,13 @@ def test_bandit_update_matches_cpu_and_reference(n, scale, normalize):
     ops.bandit_update_(on_cpu, mask, norms, None, 1e-3, k, normalize)
     on_gpu = probs.to(DEV)
     ops.bandit_update_(on_gpu, mask.to(DEV), norms.to(DEV), None, 1e-3, k, normalize)
-    # The same serial fp64 code; CUDA's exp and FMA contraction may move last bits.
+    # The same fp64 operations per arm, no FMA on either side (large raw norms
+    # make the loss cancel, where a contracted FMA would show); only the sums'
+    # order (a block tree on CUDA, a loop on the CPU) and CUDA's exp differ.
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-12, atol=1e-300)
+    again = probs.to(DEV)
+    ops.bandit_update_(again, mask.to(DEV), norms.to(DEV), None, 1e-3, k, normalize)
+    assert torch.equal(again, on_gpu), "same input, different bits"
     ref = probs.clone()
     reference.bandit_update_(ref, mask, norms, None, 1e-3, k, normalize)
     torch.testing.assert_close(on_gpu.cpu(), ref, rtol=1e-10, atol=1e-300)
@@ -168,6 +187,18 @@ def test_sample_mask_fallback_is_the_cpu_kernels():
         expect = ops.sample_mask(p, torch.Generator().manual_seed(0))
         got = ops.sample_mask(p.to(DEV), torch.Generator(device=DEV).manual_seed(0))
         assert int(got.sum()) == 1 and torch.equal(got.cpu(), expect), probs
+
+
+def test_sample_mask_fallback_with_more_arms_than_threads():
+    # n > 256: the fallback scans arms that other threads drew.
+    n = 3 * MASK_THREADS + 5
+    for fill, best in ((0.0, 700), (float("nan"), 300)):
+        p = torch.full((n,), fill, dtype=torch.float64)
+        p[best] = 1e-300  # draws as 0, but the largest probability
+        p[best + 1] = 1e-300  # a tie: the first wins
+        got = ops.sample_mask(p.to(DEV), torch.Generator(device=DEV).manual_seed(0)).cpu()
+        assert got.nonzero().flatten().tolist() == [best]
+        assert torch.equal(got, ops.sample_mask(p, torch.Generator().manual_seed(0)))
 
 
 def test_sample_mask_empty_and_bad_generator():
@@ -315,3 +346,130 @@ def test_mixed_devices_are_refused():
                      [torch.empty(5, device=DEV), torch.empty(3)], torch.tensor(1.0), 0.1)
     with pytest.raises(RuntimeError, match="device"):
         ops.restore_([p], [torch.randn(5)])
+
+
+# ------------------------------------------------- streams, graphs, devices
+
+
+def _every_op(device, seed=0):
+    """Runs every operator once on fresh inputs; returns everything they wrote."""
+    inputs = adamw_inputs([(CHUNK + 5,), (300,), (7, 9)], torch.float32, seed, device=device)
+    params, _, grads, *_ = inputs
+    norms, total = ops.grad_norms(grads)
+    perturbed = [p.clone() for p in params]
+    bks = [torch.empty_like(p) for p in params]
+    ops.perturb_(perturbed, grads, bks, total, 0.05)
+    ops.restore_(perturbed, bks)
+    adamw = run_adamw(ops.restore_adamw_, inputs)
+    probs = torch.full((3,), 0.5, dtype=torch.float64, device=device)
+    ops.bandit_update_(probs, torch.ones(3, dtype=torch.bool, device=device), norms, None,
+                       1e-3, 2.0)
+    mask = ops.sample_mask(probs, torch.Generator(device=device).manual_seed(seed))
+    return [norms, total, *perturbed, *bks, *adamw[0], *adamw[3], *adamw[4], *adamw[5],
+            probs, mask]
+
+
+def test_every_op_on_a_non_default_stream():
+    expect = _every_op(DEV)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        torch.cuda._sleep(1_000_000)  # keep the stream busy so ordering bugs show
+        got = _every_op(DEV)
+    s.synchronize()
+    for a, b in zip(expect, got, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_cuda_graph_capture_is_refused_clearly():
+    grads = make([(1000,), (10,)], torch.float32, device=DEV)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up outside the capture, as torch.cuda.graph requires
+        ops.grad_norms(grads)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="CUDA graph"):
+        with torch.cuda.graph(graph):
+            ops.grad_norms(grads)
+    # The eager ops still work afterwards.
+    norms, _ = ops.grad_norms(grads)
+    torch.testing.assert_close(norms, reference.grad_norms(grads)[0])
+
+
+def test_cuda_graph_capture_of_a_step_is_refused_clearly():
+    model, closure, _ = _model_and_closure()
+    opt = slsam.SLSAM(model.parameters(), torch.optim.AdamW, lr=1e-3, sparsity=0.5, seed=0)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            opt.step(closure)
+    torch.cuda.current_stream().wait_stream(s)
+    closure()  # the first pass's gradients, outside the capture
+    before = [p.detach().clone() for p in model.parameters()]
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="CUDA graph"):
+        with torch.cuda.graph(graph):
+            opt.first_step()
+    # Refused before anything was written.
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
+def test_tensors_on_the_second_gpu():
+    # The current device stays cuda:0: the kernels must run on the tensors' device.
+    assert torch.cuda.current_device() == 0
+    expect = [t.cpu() for t in _every_op(DEV)]
+    got = _every_op("cuda:1")
+    assert all(t.device == torch.device("cuda:1") for t in got)
+    for a, b in zip(expect, got, strict=True):
+        assert torch.equal(a, b.cpu())
+
+
+@pytest.mark.slow
+def test_more_than_65535_tensors_in_one_list():
+    # More blocks than a grid's y/z limit and than one 16-bit index: every tensor's own result.
+    n = 70_000
+    grads = [torch.full((1 + i % 3,), float(1 + i % 5), device=DEV) for i in range(n)]
+    norms, total = ops.grad_norms(grads)
+    expect = torch.tensor([(1 + i % 5) * math.sqrt(1 + i % 3) for i in range(n)])
+    torch.testing.assert_close(norms.cpu(), expect, rtol=1e-6, atol=0)
+    torch.testing.assert_close(float(total), float(expect.double().norm()), rtol=1e-6, atol=0)
+    params = [torch.zeros_like(g) for g in grads]
+    bks = [torch.empty_like(p) for p in params]
+    ops.perturb_(params, grads, bks, torch.tensor(1.0, device=DEV), 1.0)
+    assert torch.equal(torch.cat(params), torch.cat(grads))
+    ops.restore_(params, bks)
+    assert not bool(torch.cat(params).any())
+    steps = [torch.zeros((), device=DEV) for _ in range(n)]
+    ops.restore_adamw_(params, bks, grads, [torch.zeros_like(p) for p in params],
+                       [torch.zeros_like(p) for p in params], steps, **HYPER)
+    assert bool((torch.stack(steps) == 1).all())
+    probs = torch.full((n,), 0.5, dtype=torch.float64, device=DEV)
+    ops.bandit_update_(probs, torch.ones(n, dtype=torch.bool, device=DEV), norms, None, 1e-3,
+                       n / 2)
+    assert abs(float(probs.sum()) - n / 2) < 1e-6 * n
+
+
+# ------------------------------------------------------------ host syncs
+
+
+def test_slsam_step_with_grad_scaler_syncs_only_to_read_the_mask():
+    model, _, (x, y) = _model_and_closure()
+    opt = slsam.SLSAM(model.parameters(), torch.optim.AdamW, lr=1e-3, sparsity=0.5, seed=0)
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10)
+
+    def closure():
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        return loss
+
+    def step():
+        opt.step(closure, scaler=scaler)
+        scaler.update()
+
+    for _ in range(2):
+        step()
+    syncs = _syncs(step)
+    assert len(syncs) == 1, f"expected one sync (the mask read), got {len(syncs)}: {syncs}"

@@ -26,6 +26,7 @@ from conftest import (
     f64,
     make,
     misaligned,
+    offsets_off_16_bytes,
     run_adamw,
 )
 
@@ -193,9 +194,10 @@ def test_perturb_layouts_give_the_same_bits(device, dtype):
     flat_p, flat_g = p.contiguous().view(-1), g_cl.contiguous().view(-1)
     aligned, bk = flat_p.clone(), torch.empty_like(flat_p)
     ops.perturb_([aligned], [flat_g], [bk], total, 0.1)
-    mp, mbk = misaligned(flat_p), misaligned(torch.empty_like(flat_p))
-    ops.perturb_([mp], [misaligned(flat_g)], [mbk], total, 0.1)
-    assert torch.equal(mp, aligned) and torch.equal(mbk, flat_p)
+    for offset in offsets_off_16_bytes(dtype):
+        mp, mbk = misaligned(flat_p, offset), misaligned(torch.empty_like(flat_p), offset)
+        ops.perturb_([mp], [misaligned(flat_g, offset)], [mbk], total, 0.1)
+        assert torch.equal(mp, aligned) and torch.equal(mbk, flat_p), offset
     assert torch.equal(outs[0].contiguous().view(-1), aligned)
 
 
@@ -312,12 +314,13 @@ def test_restore_adamw_fp64_steps_and_misaligned(device):
     a = run_adamw(ops.restore_adamw_, inputs)
     assert all(s.dtype == torch.float64 and float(s) == float(s0) + 1
                for s, s0 in zip(a[5], inputs[5], strict=False))
-    # The same values at storage offset 1 (run_adamw would clone them aligned).
-    mis = [[misaligned(t) for t in group] for group in inputs[:5]]
-    ops.restore_adamw_(*mis, [s.clone() for s in inputs[5]], **HYPER)
-    for i in (0, 3, 4):
-        for x, y in zip(a[i], mis[i], strict=False):
-            assert torch.equal(x, y), "results depend on alignment"
+    # The same values off the vector alignment (run_adamw would clone them aligned).
+    for offset in offsets_off_16_bytes(torch.float32):
+        mis = [[misaligned(t, offset) for t in group] for group in inputs[:5]]
+        ops.restore_adamw_(*mis, [s.clone() for s in inputs[5]], **HYPER)
+        for i in (0, 3, 4):
+            for x, y in zip(a[i], mis[i], strict=False):
+                assert torch.equal(x, y), f"results depend on alignment (offset {offset})"
 
 
 # ------------------------------------------------------- refused arguments
@@ -443,3 +446,119 @@ def test_ops_compile_with_fullgraph(device):
     n1, t1 = norms(gs)
     n2, t2 = ops.grad_norms(gs)
     assert torch.equal(n1, n2) and torch.equal(t1, t2)
+
+
+# -------------------------------------- what every device must handle alike
+
+
+def test_restore_adamw_fp64_matches_reference(device):
+    inputs = adamw_inputs(SIZES["odd"] + SIZES["mixed_empty"], torch.float64, device=device)
+    out = run_adamw(ops.restore_adamw_, inputs)
+    ref = run_adamw(reference.restore_adamw_, inputs)
+    for i in (0, 3, 4):
+        for o, r in zip(out[i], ref[i], strict=False):
+            assert o.dtype == torch.float64
+            torch.testing.assert_close(o, r, rtol=1e-13, atol=1e-15)
+
+
+def _mixed_dtype_inputs(device):
+    """adamw_inputs over 40 tensors cycling through the four dtypes (one launch each on CUDA)."""
+    shapes = SIZES["many"][:36] + [(CHUNK + 3,), (7, 5), (0,), (CHUNK * 2,)]
+    dtypes = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+    inputs = adamw_inputs(shapes, torch.float64, seed=5, device=device)
+    cast = [[t.to(dtypes[i % 4]) for i, t in enumerate(group)] for group in inputs[:5]]
+    return [*cast, inputs[5]]
+
+
+def test_perturb_and_restore_adamw_mixed_dtypes_in_one_list(device):
+    """Every tensor's result equals the same op on a list of its dtype alone."""
+    inputs = _mixed_dtype_inputs(device)
+    params, _, grads, *_ = inputs
+    total = torch.tensor(3.0, device=device)
+    mixed = [p.clone() for p in params]
+    ops.perturb_(mixed, grads, [torch.empty_like(p) for p in mixed], total, 0.05)
+    out = run_adamw(ops.restore_adamw_, inputs)
+    for i in range(len(params)):
+        alone = [params[i].clone()]
+        ops.perturb_(alone, [grads[i]], [torch.empty_like(params[i])], total, 0.05)
+        assert torch.equal(mixed[i], alone[0]), i
+        single = run_adamw(ops.restore_adamw_, [[g[i]] for g in inputs])
+        for k in (0, 3, 4, 5):
+            assert torch.equal(out[k][i], single[k][0]), (i, k)
+
+
+def test_partially_aligned_lists_give_the_same_bits(device):
+    """Aligned and misaligned tensors in one list, and aligned with misaligned operands of one
+    tensor: each tensor takes its own path, with the same results."""
+    inputs = list(adamw_inputs([(CHUNK + 9,), (1000,), (77,), (CHUNK,)], torch.float32, 3,
+                               device=device))
+    expect = run_adamw(ops.restore_adamw_, inputs)
+    # tensor 0 all aligned, 1 all off by 8 bytes, 2 off by one element, 3 only its grad off
+    layouts = [(0, 0, 0, 0, 0), (2, 2, 2, 2, 2), (1, 1, 1, 1, 1), (0, 0, 1, 0, 0)]
+    mixed = [[misaligned(t, layouts[i][k]) if layouts[i][k] else t.clone()
+              for i, t in enumerate(group)] for k, group in enumerate(inputs[:5])]
+    ops.restore_adamw_(*mixed, [s.clone() for s in inputs[5]], **HYPER)
+    for k in (0, 3, 4):
+        for x, y in zip(expect[k], mixed[k], strict=False):
+            assert torch.equal(x, y)
+    grads = inputs[2]
+    assert all(torch.equal(a, b) for a, b in zip(
+        ops.grad_norms(grads), ops.grad_norms([misaligned(g, 2) if i % 2 else g
+                                               for i, g in enumerate(grads)]), strict=False))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_nonfinite_gradients_in_every_op(device, bad):
+    """A NaN or inf in g reaches the same elements as in slsam.reference, and only those."""
+    shapes = [(CHUNK + 5,), (300,)]
+    inputs = list(adamw_inputs(shapes, torch.float32, 7, device=device))
+    for g in inputs[2]:
+        g[3] = bad
+        g[-1] = -bad
+    grads = inputs[2]
+    norms, total = ops.grad_norms(grads)
+    ref_norms, ref_total = reference.grad_norms(grads)
+    torch.testing.assert_close(norms, ref_norms, equal_nan=True)
+    assert not math.isfinite(float(total)) and not math.isfinite(float(ref_total))
+    # perturb_ with a finite norm: the bad elements' weights become non-finite like the reference's.
+    finite = torch.tensor(2.0, device=device)
+    out = [p.clone() for p in inputs[0]]
+    ref = [p.clone() for p in inputs[0]]
+    bks = [torch.empty_like(p) for p in out]
+    ops.perturb_(out, grads, bks, finite, 0.05)
+    reference.perturb_(ref, grads, [torch.empty_like(p) for p in ref], finite, 0.05)
+    for o, r, p, b in zip(out, ref, inputs[0], bks, strict=False):
+        torch.testing.assert_close(o, r, equal_nan=True)
+        assert torch.equal(b, p)
+    # restore_: copies whatever the backups hold
+    dst = [torch.zeros_like(g) for g in grads]
+    ops.restore_(dst, grads)
+    assert all(torch.equal(d.view(torch.int32), g.view(torch.int32))
+               for d, g in zip(dst, grads, strict=False))
+    # restore_adamw_: moments and weights as in the reference
+    got = run_adamw(ops.restore_adamw_, inputs)
+    want = run_adamw(reference.restore_adamw_, inputs)
+    for k in (0, 3, 4):
+        for x, y in zip(got[k], want[k], strict=False):
+            torch.testing.assert_close(x, y, equal_nan=True)
+            assert bool(torch.isfinite(x[:3]).all()) and not bool(torch.isfinite(x[3]))
+
+
+@pytest.mark.parametrize("flag_dtype", [torch.int64, torch.int32, torch.float16, torch.bfloat16],
+                         ids=["int64", "int32", "fp16", "bf16"])
+def test_found_inf_of_any_dtype(device, flag_dtype):
+    """GradScaler's found_inf is fp32, but any one-element tensor is read by its value."""
+    inputs = adamw_inputs([(10,), (CHUNK + 1,)], torch.float32, device=device)
+    probs = torch.full((4,), 0.5, dtype=torch.float64, device=device)
+    mask = torch.tensor([True, False, True, True], device=device)
+    norms = torch.tensor([1.0, 2.0, 3.0], device=device)
+    ran = run_adamw(ops.restore_adamw_, inputs)
+    for value, skips in ((1, True), (0, False)):
+        flag = torch.tensor(value, device=device).to(flag_dtype)
+        out = run_adamw(ops.restore_adamw_, inputs, found_inf=flag)
+        expect = inputs if skips else ran
+        for k in (3, 4, 5):
+            assert all(torch.equal(a, b) for a, b in zip(out[k], expect[k], strict=False)), (value, k)
+        p = probs.clone()
+        ops.bandit_update_(p, mask, norms, flag, 1e-3, 2.0)
+        assert torch.equal(p, probs) == skips

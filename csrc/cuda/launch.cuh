@@ -19,6 +19,7 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -37,7 +38,11 @@ namespace slsam::cuda {
 // One block per chunk of slsam::kChunk elements (slsam/chunks.h, shared with
 // the CPU kernels).
 constexpr int kThreads = 512;  // threads per block of the chunk kernels
-constexpr int kILP = 4;        // contiguous elements per thread per iteration
+// Contiguous elements per thread per iteration: one 16-byte vector for every
+// dtype (4 fp32, 8 bf16/fp16, 2 fp64), the widest load and store a thread can
+// issue as one instruction.
+template <typename T>
+constexpr int kILP = static_cast<int>(16 / sizeof(T));
 
 // ---------------------------------------------------------------- host side
 
@@ -60,8 +65,19 @@ class DeviceTable {
 
   // Pinned staging buffer + non_blocking copy: cudaMemcpyAsync on the current
   // stream, and the host block is recycled only after the copy has run.
+  //
+  // NOTE: refused while the stream is being captured into a CUDA graph: a
+  // replay would copy from a host block the caching allocator has since
+  // handed to another call (stale pointers, wrong tensors), so capture fails
+  // here with a clear error instead of replaying garbage later.
   void upload(const at::Device& device) {
     if (bytes_.empty()) return;
+    TORCH_CHECK(c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None,
+                "slsam: the multi-tensor kernels (grad_norms, perturb_, restore_, restore_adamw_) "
+                "cannot be captured in a CUDA graph: each call uploads the tensor list's pointers "
+                "from a host buffer that a replay would not refresh. Run the optimizer step "
+                "outside torch.cuda.graph (with torch.compile, not in mode=\"reduce-overhead\" "
+                "or \"max-autotune\" for the step)");
     const auto size = static_cast<int64_t>(bytes_.size());
     at::Tensor host = at::empty({size}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
     std::memcpy(host.data_ptr(), bytes_.data(), bytes_.size());
@@ -185,72 +201,61 @@ __device__ inline ChunkOf<Entry> this_chunk(const Entry* entries, int64_t n_entr
   return ch;
 }
 
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Vec {
-  T v[N];
-};
-
-// A pointer allows the vector path when it is aligned to a whole Vec. Chunks
-// start at multiples of kChunk elements, so a chunk is aligned iff its
-// tensor's data pointer is (a storage offset of 1 takes the scalar path).
-template <typename T>
+// A pointer allows the vector path when it is 16-byte aligned. Chunks start
+// at multiples of kChunk elements, so a chunk is aligned iff its tensor's data
+// pointer is; a view at any other offset (1 element, or 8 bytes) takes the
+// scalar path, with the same element-to-thread map and so the same results.
 __device__ inline bool vec_ok(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * kILP) == 0;
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
-// This thread's groups of kILP elements of a chunk of n (slsam::for_each_group).
-template <typename Body>
+// This thread's groups of kILP<T> elements of a chunk of n (slsam::for_each_group).
+template <typename T, typename Body>
 __device__ inline void for_each_group(int64_t n, bool vec, Body&& body) {
-  slsam::for_each_group<kILP>(n, vec, threadIdx.x, blockDim.x, static_cast<Body&&>(body));
+  slsam::for_each_group<kILP<T>>(n, vec, threadIdx.x, blockDim.x, static_cast<Body&&>(body));
 }
 
-// kILP consecutive elements starting at i; with kVec false, reads past n
+// kILP<T> consecutive elements starting at i; with kVec false, reads past n
 // give T(0) and writes past n are dropped.
 template <bool kVec, typename T>
-__device__ inline void load(T (&r)[kILP], const T* p, int64_t i, int64_t n) {
+__device__ inline void load(T (&r)[kILP<T>], const T* p, int64_t i, int64_t n) {
   if constexpr (kVec) {
-    const Vec<T, kILP> v = *reinterpret_cast<const Vec<T, kILP>*>(p + i);
-#pragma unroll
-    for (int j = 0; j < kILP; ++j) r[j] = v.v[j];
+    const uint4 u = *reinterpret_cast<const uint4*>(p + i);
+    memcpy(r, &u, sizeof(u));
   } else {
 #pragma unroll
-    for (int j = 0; j < kILP; ++j) r[j] = i + j < n ? p[i + j] : T(0);
+    for (int j = 0; j < kILP<T>; ++j) r[j] = i + j < n ? p[i + j] : T(0);
   }
 }
 
-// NOTE: the vector store goes through __stwb (st.global.wb, the default
-// write-back policy) on a native vector type: with a plain aggregate store
-// nvcc may split it into scalar stores, while
-// the intrinsic is always one 8- or 16-byte store.
-template <typename T>
-__device__ inline void store_vector(T* p, const T (&r)[kILP]) {
-  constexpr size_t kBytes = sizeof(T) * kILP;
-  static_assert(kBytes == 8 || kBytes == 16 || kBytes == 32, "unsupported vector width");
-  if constexpr (kBytes == 8) {
-    uint2 u;
-    memcpy(&u, r, kBytes);
-    __stwb(reinterpret_cast<uint2*>(p), u);
-  } else if constexpr (kBytes == 16) {
-    uint4 u;
-    memcpy(&u, r, kBytes);
-    __stwb(reinterpret_cast<uint4*>(p), u);
-  } else {
-    uint4 u[2];
-    memcpy(u, r, kBytes);
-    __stwb(reinterpret_cast<uint4*>(p), u[0]);
-    __stwb(reinterpret_cast<uint4*>(p) + 1, u[1]);
-  }
-}
-
+// NOTE: the vector load and store move a native uint4: with a plain
+// aggregate of kILP<T> elements nvcc may split the access into narrower ones.
+// The store goes through __stwb (st.global.wb, the default write-back policy),
+// always one 16-byte store.
 template <bool kVec, typename T>
-__device__ inline void store(T* p, const T (&r)[kILP], int64_t i, int64_t n) {
+__device__ inline void store(T* p, const T (&r)[kILP<T>], int64_t i, int64_t n) {
+  static_assert(sizeof(T) * kILP<T> == sizeof(uint4), "one 16-byte vector per group");
   if constexpr (kVec) {
-    store_vector(p + i, r);
+    uint4 u;
+    memcpy(&u, r, sizeof(u));
+    __stwb(reinterpret_cast<uint4*>(p + i), u);
   } else {
 #pragma unroll
-    for (int j = 0; j < kILP; ++j) {
+    for (int j = 0; j < kILP<T>; ++j) {
       if (i + j < n) p[i + j] = r[j];
     }
+  }
+}
+
+// Sum of the kILP<T> per-lane accumulators as a fixed pairwise tree
+// ((a0 + a1) + (a2 + a3)) + ...: short dependency chains, and the order does
+// not depend on the vector path.
+template <int N, typename T>
+__device__ inline T pairwise_sum(const T* a) {
+  if constexpr (N == 1) {
+    return a[0];
+  } else {
+    return pairwise_sum<N / 2>(a) + pairwise_sum<N - N / 2>(a + N / 2);
   }
 }
 

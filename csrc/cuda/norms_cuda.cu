@@ -41,32 +41,33 @@ struct SumSquares {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* g = static_cast<const scalar_t*>(ch.e.g) + ch.begin;
     const scalar_t* w = kWeighted ? static_cast<const scalar_t*>(ch.e.w) + ch.begin : nullptr;
-    const bool vec = vec_ok<scalar_t>(g) && (!kWeighted || vec_ok<scalar_t>(w));
-    acc_t acc[kILP];
+    constexpr int kN = kILP<scalar_t>;
+    const bool vec = vec_ok(g) && (!kWeighted || vec_ok(w));
+    acc_t acc[kN];
 #pragma unroll
-    for (int j = 0; j < kILP; ++j) acc[j] = acc_t(0);
-    for_each_group(ch.n, vec, [&](int64_t i, auto full) {
+    for (int j = 0; j < kN; ++j) acc[j] = acc_t(0);
+    for_each_group<scalar_t>(ch.n, vec, [&](int64_t i, auto full) {
       constexpr bool kVec = decltype(full)::value;
-      scalar_t rg[kILP];
+      scalar_t rg[kN];
       load<kVec>(rg, g, i, ch.n);
       if constexpr (kWeighted) {
-        scalar_t rw[kILP];
+        scalar_t rw[kN];
         load<kVec>(rw, w, i, ch.n);
 #pragma unroll
-        for (int j = 0; j < kILP; ++j) {
+        for (int j = 0; j < kN; ++j) {
           const acc_t wj = static_cast<acc_t>(rw[j]);
           const acc_t v = (wj < acc_t(0) ? -wj : wj) * static_cast<acc_t>(rg[j]);
           acc[j] += v * v;
         }
       } else {
 #pragma unroll
-        for (int j = 0; j < kILP; ++j) {
+        for (int j = 0; j < kN; ++j) {
           const acc_t v = static_cast<acc_t>(rg[j]);
           acc[j] += v * v;
         }
       }
     });
-    acc_t s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    acc_t s = pairwise_sum<kN>(acc);
     s = block_sum(s);
     if (threadIdx.x == 0) partials[ch.e.partial_first + ch.local] = static_cast<double>(s);
   }

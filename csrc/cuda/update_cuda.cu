@@ -36,10 +36,10 @@ __device__ inline void copy_chunk(void* dst_base, const void* src_base, int64_t 
   using word_t = typename WordOf<sizeof(scalar_t)>::type;
   word_t* dst = static_cast<word_t*>(dst_base) + begin;
   const word_t* src = static_cast<const word_t*>(src_base) + begin;
-  const bool vec = vec_ok<word_t>(dst) && vec_ok<word_t>(src);
-  for_each_group(n, vec, [&](int64_t i, auto full) {
+  const bool vec = vec_ok(dst) && vec_ok(src);
+  for_each_group<word_t>(n, vec, [&](int64_t i, auto full) {
     constexpr bool kVec = decltype(full)::value;
-    word_t r[kILP];
+    word_t r[kILP<word_t>];
     load<kVec>(r, src, i, n);
     store<kVec>(dst, r, i, n);
   });
@@ -76,16 +76,17 @@ struct Perturb {
     scalar_t* x = static_cast<scalar_t*>(ch.e.x) + ch.begin;
     const scalar_t* g = static_cast<const scalar_t*>(ch.e.g) + ch.begin;
     scalar_t* bk = static_cast<scalar_t*>(ch.e.backup) + ch.begin;
-    const bool vec = vec_ok<scalar_t>(x) && vec_ok<scalar_t>(g) && vec_ok<scalar_t>(bk);
-    for_each_group(ch.n, vec, [&](int64_t i, auto full) {
+    constexpr int kN = kILP<scalar_t>;
+    const bool vec = vec_ok(x) && vec_ok(g) && vec_ok(bk);
+    for_each_group<scalar_t>(ch.n, vec, [&](int64_t i, auto full) {
       constexpr bool kVec = decltype(full)::value;
-      scalar_t rx[kILP], rg[kILP], out[kILP];
+      scalar_t rx[kN], rg[kN], out[kN];
       load<kVec>(rx, x, i, ch.n);
       store<kVec>(bk, rx, i, ch.n);
       if (!moves) return;  // this group only: the backup is written, x is left alone
       load<kVec>(rg, g, i, ch.n);
 #pragma unroll
-      for (int j = 0; j < kILP; ++j) {
+      for (int j = 0; j < kN; ++j) {
         out[j] = static_cast<scalar_t>(perturb_element<acc_t>(
             static_cast<acc_t>(rx[j]), static_cast<acc_t>(rg[j]), scale, adaptive));
       }
@@ -203,17 +204,17 @@ struct RestoreAdamW {
     const scalar_t* g = static_cast<const scalar_t*>(ch.e.g) + ch.begin;
     scalar_t* m = static_cast<scalar_t*>(ch.e.m) + ch.begin;
     scalar_t* v = static_cast<scalar_t*>(ch.e.v) + ch.begin;
-    const bool vec = vec_ok<scalar_t>(x) && vec_ok<scalar_t>(x0) && vec_ok<scalar_t>(g) &&
-                     vec_ok<scalar_t>(m) && vec_ok<scalar_t>(v);
-    for_each_group(ch.n, vec, [&](int64_t i, auto full) {
+    constexpr int kN = kILP<scalar_t>;
+    const bool vec = vec_ok(x) && vec_ok(x0) && vec_ok(g) && vec_ok(m) && vec_ok(v);
+    for_each_group<scalar_t>(ch.n, vec, [&](int64_t i, auto full) {
       constexpr bool kVec = decltype(full)::value;
-      scalar_t rx0[kILP], rg[kILP], rm[kILP], rv[kILP], rx[kILP];
+      scalar_t rx0[kN], rg[kN], rm[kN], rv[kN], rx[kN];
       load<kVec>(rx0, x0, i, ch.n);
       load<kVec>(rg, g, i, ch.n);
       load<kVec>(rm, m, i, ch.n);
       load<kVec>(rv, v, i, ch.n);
 #pragma unroll
-      for (int j = 0; j < kILP; ++j) {
+      for (int j = 0; j < kN; ++j) {
         acc_t mj = static_cast<acc_t>(rm[j]);
         acc_t vj = static_cast<acc_t>(rv[j]);
         const acc_t xj = restore_adamw_element<acc_t>(

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "slsam/bandit.h"
+#include "slsam/bandit_block.h"
 #include "slsam/chunks.h"
 #include "slsam/elementwise.h"
 #include "slsam/launch_map.h"
@@ -138,6 +139,45 @@ static void test_bandit_update() {
   for (double v : c) CHECK(v == 0.4);
 }
 
+// The CUDA kernel's block update (replayed by HostBlock) against the serial
+// update: the same per-arm operations, sums associated differently.
+static void test_bandit_update_block() {
+  for (int64_t n : {1, 7, 255, 256, 257, 1000, 5000}) {
+    for (bool normalize : {false, true}) {
+      std::vector<double> serial(static_cast<size_t>(n)), blocked;
+      std::vector<unsigned char> mask_bytes(static_cast<size_t>(n));
+      std::vector<float> norms;
+      for (int64_t i = 0; i < n; ++i) {
+        serial[static_cast<size_t>(i)] = 0.05 + 0.8 * std::fmod(0.618034 * static_cast<double>(i), 1.0);
+        mask_bytes[static_cast<size_t>(i)] = (i % 3 == 0) ? 1 : 0;
+        if (i % 3 == 0) norms.push_back(static_cast<float>(300.0 * std::fmod(0.754877 * i, 1.0)));
+      }
+      const bool* mask = reinterpret_cast<const bool*>(mask_bytes.data());
+      blocked = serial;
+      const double k = n < 5 ? 1.0 : 0.2 * static_cast<double>(n);
+      std::vector<double> w(static_cast<size_t>(n));
+      std::vector<int64_t> slot(static_cast<size_t>(n));
+      std::vector<unsigned char> capped(static_cast<size_t>(n));
+      slsam::bandit_update(serial.data(), mask, norms.data(), n, 1e-3, k, normalize, w.data(),
+                           capped.data());
+      slsam::HostBlock block;
+      CHECK(slsam::bandit_update_block(block, blocked.data(), mask, norms.data(), n,
+                                       static_cast<int64_t>(norms.size()), 1e-3, k, normalize,
+                                       w.data(), slot.data(), capped.data()));
+      for (int64_t i = 0; i < n; ++i) {
+        const double a = serial[static_cast<size_t>(i)], b = blocked[static_cast<size_t>(i)];
+        CHECK(near(a, b, 1e-12 * std::fabs(a) + 1e-300));
+      }
+      // A wrong norm count is refused before anything is written.
+      std::vector<double> before = blocked;
+      CHECK(!slsam::bandit_update_block(block, blocked.data(), mask, norms.data(), n,
+                                        static_cast<int64_t>(norms.size()) + 1, 1e-3, k,
+                                        normalize, w.data(), slot.data(), capped.data()));
+      CHECK(before == blocked);
+    }
+  }
+}
+
 static void test_fallback_arm() {
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const double a[4] = {0.1, 0.3, 0.3, 0.2};
@@ -263,6 +303,7 @@ int main() {
   test_adamw();
   test_capped_projection();
   test_bandit_update();
+  test_bandit_update_block();
   if (failures) {
     std::fprintf(stderr, "%d check(s) failed\n", failures);
     return EXIT_FAILURE;

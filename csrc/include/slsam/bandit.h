@@ -12,6 +12,29 @@ namespace slsam {
 
 constexpr double kProbFloor = 1e-8;
 
+// NOTE: host and device must round the bandit alike, and nvcc by default
+// contracts a * b - c into one fused multiply-add (one rounding instead of
+// two), which moves the centred loss of large raw norms by far more than an
+// ulp of the result (max_sq_ratio - ratio^2 cancels). Device code therefore
+// multiplies and subtracts with explicit round-to-nearest intrinsics, which
+// nvcc never contracts; host compilers get plain operators (setup.py builds
+// with -ffp-contract=off, and nvcc with -fmad=false for the rest).
+SLSAM_HD inline double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+SLSAM_HD inline double sub_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+
 // Whole-mask Bernoulli draws the samplers (CPU and CUDA) try before taking
 // fallback_arm; slsam.reference.MAX_DRAWS is the same bound.
 constexpr int kMaxMaskDraws = 1000;
@@ -22,7 +45,7 @@ constexpr int kMaxMaskDraws = 1000;
 // p_min = 1e-3 it is 1e10 and would swamp the differences in any precision.
 SLSAM_HD inline double centred_loss(double r, double p, double max_sq_ratio) {
   const double ratio = r / p;
-  return max_sq_ratio - ratio * ratio;
+  return sub_rn(max_sq_ratio, mul_rn(ratio, ratio));
 }
 
 // EXP3 weight of an active arm.
@@ -105,7 +128,8 @@ SLSAM_HD inline void bandit_update(double* probs, const bool* mask, const float*
   for (int64_t i = 0, j = 0; i < n; ++i) {
     if (!mask[i]) continue;
     const double ratio = static_cast<double>(norms[j++]) / r_div / probs[i];
-    max_sq = ratio * ratio > max_sq ? ratio * ratio : max_sq;
+    const double sq = mul_rn(ratio, ratio);
+    max_sq = sq > max_sq ? sq : max_sq;
   }
   for (int64_t i = 0, j = 0; i < n; ++i) {
     if (mask[i]) {
