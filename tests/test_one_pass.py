@@ -353,29 +353,28 @@ def test_one_pass_refuses_group_options_it_cannot_honour(kw, match):
     with pytest.raises(ValueError, match=match):
         slsam.SLSAM(tiny_mlp().parameters(), passes=1, **kw)
     # also when a group is changed later: refused before anything moves
+    assert_step_refused(match, lambda model, opt: opt.param_groups[0].update(kw))
+
+
+def test_first_pass_done_is_refused_with_nothing_changed():
+    def backward_at_x(model: nn.Module, opt: slsam.SLSAM) -> None:
+        F.cross_entropy(model(batch(1)[0]), batch(1)[1]).backward()
+
+    assert_step_refused("first_pass_done", backward_at_x, first_pass_done=True)
+
+
+def assert_step_refused(match: str, change, **step_kw) -> None:
+    """After a step and ``change(model, opt)``, ``step(closure, **step_kw)`` raises
+    ValueError(match) without calling the closure or changing anything."""
     model = tiny_mlp()
     opt = one_pass(model)
     x, y = batch(0)
     opt.step(counting_closure(model, x, y, []))
     before = full_state(model, opt)
-    opt.param_groups[0].update(kw)
+    change(model, opt)
     calls: list[list[Tensor]] = []
     with pytest.raises(ValueError, match=match):
-        opt.step(counting_closure(model, x, y, calls))
-    assert not calls
-    for a, b in zip(full_state(model, opt), before, strict=True):
-        assert torch.equal(a, b)
-
-
-def test_first_pass_done_is_refused_with_nothing_changed():
-    model = tiny_mlp()
-    opt = one_pass(model)
-    opt.step(counting_closure(model, *batch(0), []))
-    before = full_state(model, opt)
-    F.cross_entropy(model(batch(1)[0]), batch(1)[1]).backward()
-    calls: list[list[Tensor]] = []
-    with pytest.raises(ValueError, match="first_pass_done"):
-        opt.step(counting_closure(model, *batch(1), calls), first_pass_done=True)
+        opt.step(counting_closure(model, x, y, calls), **step_kw)
     assert not calls
     for a, b in zip(full_state(model, opt), before, strict=True):
         assert torch.equal(a, b)
@@ -476,15 +475,3 @@ def test_arm_groups_move_and_update_as_a_whole_and_the_bandit_reads_group_norms(
                                  opt.alpha, opt.sparsity * 8)
         torch.testing.assert_close(opt.probs, expect, rtol=1e-6, atol=1e-9)
 
-
-def test_singleton_arm_groups_equal_one_arm_per_tensor():
-    a, b = Net(3), Net(3)
-    oa = slsam.SLSAM(a.parameters(), lr=LR, rho=RHO, sparsity=0.3, seed=4, passes=1)
-    ob = slsam.SLSAM(b.parameters(), lr=LR, rho=RHO, sparsity=0.3, seed=4, passes=1,
-                     arm_groups=[[p] for p in b.parameters()])
-    for i in range(6):
-        oa.step(closure_for(a, oa, i))
-        ob.step(closure_for(b, ob, i))
-    assert torch.equal(oa.probs, ob.probs) and torch.equal(oa.mask, ob.mask)
-    for p, q in zip(a.parameters(), b.parameters(), strict=True):
-        assert torch.equal(p, q)
