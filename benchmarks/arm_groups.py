@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import slsam
-from benchmarks.common import machine_info, write_json
+from benchmarks.common import report_machine_and_write
 from benchmarks.mask_mode import load_minilm
 
 
@@ -80,11 +80,7 @@ def main() -> None:
         rows.append(dict(name=name, arms=run["arms"], active_fraction=frac, backward_median_s=med,
                          ratio_dense=med / base, backward_s=run["backward"][1:]))
         print(f"{name:<12}{run['arms']:>7}{frac:>13.3f}{med:>12.3f}{med / base:>9.2f}")
-    info = machine_info()
-    print(f"\n{info['cpu_model']}, {info['torch_num_threads']} threads, torch {info['torch']}, "
-          f"load {info['load_avg_1m']:.1f}, {info['date']}")
-    path = write_json("arm_groups_cpu", dict(machine=info, config=vars(args), rows=rows))
-    print(f"wrote {path}")
+    report_machine_and_write("arm_groups_cpu", vars(args), rows)
 
 
 if __name__ == "__main__":

@@ -136,3 +136,28 @@ def table(rows: list[list[str]], header: list[str]) -> str:
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
     return "\n".join(lines)
+
+
+def report_machine_and_write(name: str, config: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
+    """Print the machine line under a benchmark's table and write its JSON (machine, config,
+    rows) to benchmarks/results/<name>.json."""
+    info = machine_info()
+    print(f"\n{info['cpu_model']}, {info['torch_num_threads']} threads, torch {info['torch']}, "
+          f"load {info['load_avg_1m']:.1f}, {info['date']}")
+    path = write_json(name, dict(machine=info, config=config, rows=rows))
+    print(f"wrote {path}")
+    return path
+
+
+def two_call_step(opt: Any, params: list[torch.Tensor], g1: list[torch.Tensor],
+                  g2: list[torch.Tensor]) -> None:
+    """One SAM step in the two-call style with fixed gradients: ``g1`` as the first pass's,
+    ``g2`` as the second's (only on tensors the mask left requiring grad)."""
+    for p, g in zip(params, g1, strict=False):
+        if p.requires_grad:
+            p.grad = g
+    opt.first_step()
+    for p, g in zip(params, g2, strict=False):
+        if p.requires_grad:
+            p.grad = g
+    opt.second_step()

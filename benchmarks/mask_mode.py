@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import slsam
-from benchmarks.common import machine_info, write_json
+from benchmarks.common import report_machine_and_write
 
 
 def load_minilm() -> torch.nn.Module:
@@ -77,11 +77,7 @@ def main() -> None:
         med = statistics.median(times)
         rows.append(dict(name=name, median_s=med, ratio_adamw=med / base, times_s=times))
         print(f"{name:<22}{med:>14.3f}{med / base:>9.2f}")
-    info = machine_info()
-    print(f"\n{info['cpu_model']}, {info['torch_num_threads']} threads, torch {info['torch']}, "
-          f"load {info['load_avg_1m']:.1f}, {info['date']}")
-    path = write_json("mask_mode_cpu", dict(machine=info, config=vars(args), rows=rows))
-    print(f"wrote {path}")
+    report_machine_and_write("mask_mode_cpu", vars(args), rows)
 
 
 if __name__ == "__main__":

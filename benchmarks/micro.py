@@ -46,6 +46,7 @@ from benchmarks.common import (
     model_like_shapes,
     numel,
     table,
+    two_call_step,
     write_json,
 )
 from slsam import ops, reference
@@ -285,14 +286,7 @@ def bench_steps(b: Bench, shapes: list[tuple[int, ...]], shapes_name: str, dtype
                 opt.step()
         else:
             def fn(opt: Any = opt) -> None:
-                for p, g in zip(params, g1, strict=False):
-                    if p.requires_grad:
-                        p.grad = g
-                opt.first_step()
-                for p, g in zip(params, g2, strict=False):
-                    if p.requires_grad:
-                        p.grad = g
-                opt.second_step()
+                two_call_step(opt, params, g1, g2)
 
         b.time(fn, impl=name, warmup=3, **kw)
         del opt, fn

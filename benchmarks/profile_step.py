@@ -35,6 +35,7 @@ from benchmarks.common import (
     model_like_shapes,
     numel,
     table,
+    two_call_step,
     write_json,
 )
 from benchmarks.micro import DTYPES, make
@@ -77,14 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         opt = slsam.SLSAM(params, sparsity=args.sparsity, lr=1e-4, weight_decay=0.01, seed=0)
 
     def step() -> None:
-        for p, g in zip(params, g1, strict=False):
-            if p.requires_grad:
-                p.grad = g
-        opt.first_step()
-        for p, g in zip(params, g2, strict=False):
-            if p.requires_grad:
-                p.grad = g
-        opt.second_step()
+        two_call_step(opt, params, g1, g2)
 
     for _ in range(3):
         step()

@@ -150,6 +150,25 @@ def closure_for(model: torch.nn.Module, opt: torch.optim.Optimizer, seed: int):
     return loss_closure(model, opt, *batch(seed))
 
 
+def assert_resume_is_bit_identical(model: torch.nn.Module, opt: torch.optim.Optimizer,
+                                   make_opt) -> None:
+    """Three steps, then a copy of the model with ``make_opt(copy)`` loading ``opt``'s state:
+    two more steps of each give the same probabilities and weights, bit for bit."""
+    import copy
+
+    for seed in range(3):
+        opt.step(closure_for(model, opt, seed))
+    model2 = copy.deepcopy(model)
+    opt2 = make_opt(model2)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for seed in (3, 4):
+        opt.step(closure_for(model, opt, seed))
+        opt2.step(closure_for(model2, opt2, seed))
+    assert torch.equal(opt.probs, opt2.probs)
+    for p, q in zip(model.parameters(), model2.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
 @pytest.fixture
 def data():
     return batch(0)

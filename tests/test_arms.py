@@ -7,7 +7,15 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import Block, Net, batch, closure_for, conv_model, conv_steps
+from conftest import (
+    Block,
+    Net,
+    assert_resume_is_bit_identical,
+    batch,
+    closure_for,
+    conv_model,
+    conv_steps,
+)
 
 import slsam
 from slsam import reference
@@ -101,18 +109,9 @@ def test_singleton_groups_equal_one_arm_per_tensor(mask_mode, passes):
 
 def test_grouped_checkpoint_round_trip_is_bit_identical():
     model, opt = grouped()
-    for seed in range(3):
-        opt.step(closure_for(model, opt, seed))
-    model2 = copy.deepcopy(model)
-    opt2 = slsam.SLSAM(model2.parameters(), lr=1e-2, rho=0.05, sparsity=0.5, seed=9,
-                       arm_groups=slsam.arms.by_block(model2))
-    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
-    for seed in (3, 4):
-        opt.step(closure_for(model, opt, seed))
-        opt2.step(closure_for(model2, opt2, seed))
-    assert torch.equal(opt.probs, opt2.probs)
-    for p, q in zip(model.parameters(), model2.parameters(), strict=True):
-        assert torch.equal(p, q)
+    assert_resume_is_bit_identical(model, opt, lambda m: slsam.SLSAM(
+        m.parameters(), lr=1e-2, rho=0.05, sparsity=0.5, seed=9,
+        arm_groups=slsam.arms.by_block(m)))
 
 
 def test_mismatched_groups_on_load_are_refused_with_state_unchanged():

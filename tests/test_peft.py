@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from conftest import Net, closure_for
+from conftest import Net, assert_resume_is_bit_identical, closure_for
 
 import slsam
 
@@ -45,18 +43,7 @@ def test_each_adapter_pair_is_one_arm_and_the_base_stays_frozen():
 
 def test_peft_checkpoint_round_trip_is_bit_identical():
     model = peft_net(2)
-    opt = lora_opt(model)
-    for seed in range(3):
-        opt.step(closure_for(model, opt, seed))
-    model2 = copy.deepcopy(model)
-    opt2 = lora_opt(model2, seed=7)
-    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
-    for seed in (3, 4):
-        opt.step(closure_for(model, opt, seed))
-        opt2.step(closure_for(model2, opt2, seed))
-    assert torch.equal(opt.probs, opt2.probs)
-    for p, q in zip(model.parameters(), model2.parameters(), strict=True):
-        assert torch.equal(p, q)
+    assert_resume_is_bit_identical(model, lora_opt(model), lambda m: lora_opt(m, seed=7))
 
 
 class HandLoRA(torch.nn.Module):
