@@ -10,7 +10,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import Net, assert_within_ref_error, batch, closure_for, tiny_mlp
+from conftest import (
+    Net,
+    assert_resume_is_bit_identical,
+    assert_within_ref_error,
+    batch,
+    closure_for,
+    tiny_mlp,
+)
 from torch import Tensor, nn
 
 import slsam
@@ -26,6 +33,15 @@ def one_pass(model: nn.Module, base=torch.optim.AdamW, sparsity: float = 0.5, se
     kw = {"lr": LR, "weight_decay": WD, "rho": RHO, **kw}
     return slsam.SLSAM([{"params": body}, {"params": head, "always_active": True}], base,
                        sparsity=sparsity, seed=seed, passes=1, **kw)
+
+
+def stepped(base=torch.optim.AdamW, steps: int = 3) -> tuple[nn.Module, slsam.SLSAM]:
+    """A tiny MLP and its one-pass optimizer after ``steps`` steps."""
+    model = tiny_mlp()
+    opt = one_pass(model, base)
+    for i in range(steps):
+        opt.step(counting_closure(model, *batch(i), []))
+    return model, opt
 
 
 def counting_closure(model: nn.Module, x: Tensor, y: Tensor, calls: list[list[Tensor]]):
@@ -235,11 +251,7 @@ def full_state(model: nn.Module, opt: slsam.SLSAM) -> list[Tensor]:
 @pytest.mark.parametrize("base", [torch.optim.AdamW, torch.optim.Adam], ids=["adamw", "adam"])
 @pytest.mark.parametrize("value", [float("inf"), float("nan")], ids=["inf", "nan"])
 def test_nonfinite_gradient_skips_the_step_and_keeps_weights_and_state(base, value):
-    model = tiny_mlp()
-    opt = one_pass(model, base)
-    for i in range(3):
-        x, y = batch(i)
-        opt.step(counting_closure(model, x, y, []))
+    model, opt = stepped(base)
     before = full_state(model, opt)
     x, y = batch(9)
 
@@ -262,11 +274,7 @@ def test_nonfinite_gradient_skips_the_step_and_keeps_weights_and_state(base, val
 
 
 def test_a_failing_closure_restores_the_weights():
-    model = tiny_mlp()
-    opt = one_pass(model)
-    for i in range(3):
-        x, y = batch(i)
-        opt.step(counting_closure(model, x, y, []))
+    model, opt = stepped()
     before = full_state(model, opt)
 
     def closure() -> Tensor:
@@ -312,24 +320,7 @@ def test_a_mask_of_unused_tensors_is_redrawn_and_its_perturbation_undone():
 
 def test_state_dict_round_trip_resumes_bit_identically():
     model = tiny_mlp()
-    opt = one_pass(model)
-    for i in range(3):
-        x, y = batch(i)
-        opt.step(counting_closure(model, x, y, []))
-    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-    for i in range(3, 6):
-        x, y = batch(i)
-        opt.step(counting_closure(model, x, y, []))
-    model2 = tiny_mlp(seed=5)
-    model2.load_state_dict(saved_model)
-    opt2 = one_pass(model2, seed=99)
-    opt2.load_state_dict(saved_opt)
-    for i in range(3, 6):
-        x, y = batch(i)
-        opt2.step(counting_closure(model2, x, y, []))
-    for a, b in zip(model.parameters(), model2.parameters(), strict=True):
-        assert torch.equal(a, b)
-    assert torch.equal(opt.probs, opt2.probs) and torch.equal(opt.mask, opt2.mask)
+    assert_resume_is_bit_identical(model, one_pass(model), lambda m: one_pass(m, seed=99))
 
 
 # ----- arguments -----
@@ -366,10 +357,8 @@ def test_first_pass_done_is_refused_with_nothing_changed():
 def assert_step_refused(match: str, change, **step_kw) -> None:
     """After a step and ``change(model, opt)``, ``step(closure, **step_kw)`` raises
     ValueError(match) without calling the closure or changing anything."""
-    model = tiny_mlp()
-    opt = one_pass(model)
+    model, opt = stepped(steps=1)
     x, y = batch(0)
-    opt.step(counting_closure(model, x, y, []))
     before = full_state(model, opt)
     change(model, opt)
     calls: list[list[Tensor]] = []
