@@ -3,7 +3,7 @@
     python examples/finetune_text.py --method slsam:0.2 --seed 0 --out run.json
     python examples/finetune_text.py --method sam --quick
 
-Methods: adamw, sam, slsam:S, uniform:S, rst:P, looksam:K (examples/finetune/methods.py).
+Methods: adamw, sam, slsam:S, uniform:S, slsam1p:S, rst:P, looksam:K (examples/finetune/methods.py).
 Prints and writes (--out) test accuracy against training wall-clock time.
 """
 

@@ -3,7 +3,7 @@
     python examples/finetune_vision.py --method slsam:0.2 --seed 0 --out run.json
     python examples/finetune_vision.py --method sam --quick
 
-Methods: adamw, sam, slsam:S, uniform:S, rst:P, looksam:K (examples/finetune/methods.py).
+Methods: adamw, sam, slsam:S, uniform:S, slsam1p:S, rst:P, looksam:K (examples/finetune/methods.py).
 BatchNorm: the second (perturbed) forward runs under slsam.running_stats_frozen, so the
 running statistics see every batch once. Needs the Debian package dataset-fashion-mnist.
 """

@@ -59,22 +59,37 @@ def warn(tensors: list[Tensor]) -> None:
 class GradlessCheck:
     """One optimizer's diagnosis: :meth:`open` after a first pass in which an active arm
     got no gradient, :meth:`close` after the second pass (warns once), :meth:`cancel`
-    when the step is undone."""
+    when the step is undone. One-pass SL-SAM has no second pass: :meth:`defer` after its
+    pass, and the next step's pass is watched between :meth:`start` and :meth:`close`."""
 
     def __init__(self) -> None:
         self._watch: NoGradWatch | None = None
+        self._next: list[Tensor] = []
         self._watched: set[int] = set()
         self._warned = False
 
-    def open(self, active_arms: list[Tensor], active: list[Tensor]) -> None:
-        """Watch the second forward of the ``active`` tensors without a gradient (those
-        not watched before), when one of ``active_arms`` has none."""
+    def _gradless(self, active_arms: list[Tensor], active: list[Tensor]) -> list[Tensor]:
+        """The ``active`` tensors without a gradient (those not watched before), when one
+        of ``active_arms`` has none."""
         if self._warned or all(p.grad is not None for p in active_arms):
-            return
+            return []
         gradless = [p for p in active if p.grad is None and id(p) not in self._watched]
+        self._watched.update(id(p) for p in gradless)
+        return gradless
+
+    def open(self, active_arms: list[Tensor], active: list[Tensor]) -> None:
+        """Watch the second forward of the active tensors without a gradient."""
+        gradless = self._gradless(active_arms, active)
         if gradless:
-            self._watched.update(id(p) for p in gradless)
             self._watch = NoGradWatch(gradless)
+
+    def defer(self, active_arms: list[Tensor], active: list[Tensor]) -> None:
+        """Watch the active tensors without a gradient in the next :meth:`start`."""
+        self._next = self._gradless(active_arms, active)
+
+    def start(self) -> None:
+        if self._next:
+            self._watch, self._next = NoGradWatch(self._next), []
 
     def close(self) -> None:
         if self._watch is None:
@@ -91,4 +106,4 @@ class GradlessCheck:
 
     def __getstate__(self) -> dict[str, object]:
         # a diagnosis of the pass in progress (a hook), not state
-        return {**self.__dict__, "_watch": None}
+        return {**self.__dict__, "_watch": None, "_next": []}

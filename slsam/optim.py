@@ -13,7 +13,8 @@ its ``requires_grad`` (``_active``), the perturbation (``_perturb``), the
 pending step (``_pending``), the update paths (``_update``), the closure
 protocol (``_closure``), the argument checks (``_checks``), the AdamW state's layout
 (``_adamw_state``), the GradScaler record (``_amp``) and the diagnosis of tensors that ran
-without autograd (``_no_grad_watch``). This file is the
+without autograd (``_no_grad_watch``); one-pass SL-SAM, ``passes=1``, is ``_one_pass``
+(it ends its step with :meth:`SLSAM._finish_step`, as second_step does). This file is the
 step machine and the public API; it runs past 300 lines because the class's
 documented arguments and each step's order of operations (what is checked
 first, and what is restored or undone when a pass fails) read best in one place.
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.amp.grad_scaler import GradScaler
 
-from slsam import _amp, _checks, _marks, _update, ops
+from slsam import _amp, _checks, _marks, _one_pass, _update, ops
 from slsam._active import ActiveSet
 from slsam._adamw_state import keep_saved_wide_moments
 from slsam._backups import BackupPool
@@ -85,6 +86,11 @@ class SLSAM(torch.optim.Optimizer):
             first write; CUDA's caching allocator reuses memory by itself). The
             buffer stays allocated between steps, at the size of the largest set of
             active tensors so far (``backup_bytes()``).
+        passes: 2 (default) is SL-SAM: a pass at x for the direction, a pass at x + e.
+            1 is one-pass SL-SAM (Momentum-SAM's idea on the active tensors): perturb
+            along the base optimizer's first moment, ``-rho * m / ||m||``, and take
+            one forward/backward at x + e per step (``step(closure)`` only; AdamW or
+            Adam; see :mod:`slsam._one_pass`).
         **base_kwargs: passed to ``base_optimizer`` (lr, weight_decay, ...).
     """
 
@@ -107,12 +113,15 @@ class SLSAM(torch.optim.Optimizer):
         arm_groups: Sequence[Sequence[Tensor]] | None = None,
         reuse_backups: bool | None = None,
         scale_lr: bool = False,
+        passes: int = 2,
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(scale_lr, bool):
             raise TypeError(f"scale_lr must be True or False, got {scale_lr!r}")
         _checks.check_arguments(mask_mode=mask_mode, rho=rho, sparsity=sparsity, alpha=alpha,
                                 p_min=p_min, base_optimizer=base_optimizer)
+        _one_pass.check_args(passes, base_optimizer)
+        self.passes = int(passes)
         self._initialised = False
         super().__init__(params, dict(rho=rho, adaptive=adaptive))
         _checks.check_group_rhos(self.param_groups)
@@ -121,6 +130,8 @@ class SLSAM(torch.optim.Optimizer):
         self.defaults.update(self.base_optimizer.defaults)
         if scale_lr:
             _scale_arm_lr(self.param_groups, sparsity)
+        if self.passes == 1:
+            _one_pass.check_groups(self.param_groups)
         self.state = self.base_optimizer.state
         self.mask_mode = mask_mode
         self._device = _checks.check_params(self.param_groups)
@@ -250,7 +261,12 @@ class SLSAM(torch.optim.Optimizer):
         :meth:`second_step`. ``scaler``: a ``torch.amp.GradScaler`` whose
         ``scale(loss).backward()`` the closure uses; gradients are unscaled inside
         the kernels and the scaler learns of non-finite gradients for ``update()``.
+
+        With ``passes=1`` the closure runs once, at the perturbed weights, and its loss
+        is returned; gradients held at entry are discarded.
         """
+        if self.passes == 1:
+            return _one_pass.step(self, closure, scaler, first_pass_done)
         if closure is None:
             if self._pending is not None:
                 self.second_step(scaler=scaler)
@@ -293,27 +309,21 @@ class SLSAM(torch.optim.Optimizer):
         clean; ``zero_grad`` is accepted for davda54/sam compatibility.
         """
         del zero_grad
+        if self.passes == 1:
+            raise _one_pass.split_step_error("first_step")
         if self._pending is not None:
             raise RuntimeError("first_step() called twice; call second_step() after the "
                                "second forward/backward")
         _checks.check_group_rhos(self.param_groups)
         active = self._set
         active.note_unfrozen(self.param_groups)
-        active.drop_inactive_grads()
-        norm_inputs = active.norm_inputs()
-        _checks.check_grads(active.active, self._device)
-        norms, total = ops.grad_norms(norm_inputs, device=self._device)
+        total, arm_norms = self._read_grads(scaler)
         # NOTE: from the plain norms even when adaptive: the bandit reads them, and an
         # overflowed norm (inf) must skip the step, not reach the EXP3 update as NaN.
         found_inf = ~torch.isfinite(total)
         per_group = [[p for p in ps if p.grad is not None] for ps in active.active_by_group]
         groups, found_inf = perturb_groups(self.param_groups, per_group, self._backups, total,
                                            found_inf, self._device)
-        # NOTE: the bandit's norms are not scale-free: unscaled (the perturbation is).
-        arm_norms = active.arm_norms(norms)
-        grad_scale = self._grad_scale(scaler)
-        if grad_scale is not None:
-            arm_norms = arm_norms / grad_scale.to(arm_norms.device, torch.float32)
         self._pending = PendingStep(groups, arm_norms, found_inf)
         self._gradless.open(active.active_arms, active.active)
         if scaler is not None:
@@ -325,6 +335,8 @@ class SLSAM(torch.optim.Optimizer):
         """Restore the weights, take the base step with the second gradients,
         update the bandit and sample the next mask. Gradients are cleared."""
         del zero_grad
+        if self.passes == 1:
+            raise _one_pass.split_step_error("second_step")
         if self._pending is None:
             raise RuntimeError("second_step() called before first_step(); call first_step() "
                                "after the first backward")
@@ -339,33 +351,17 @@ class SLSAM(torch.optim.Optimizer):
             _checks.check_grads(params, self._device)
             _, total2 = ops.grad_norms(grads2, device=self._device)
             found_inf = pending.found_inf | ~torch.isfinite(total2)
-            external = getattr(self, "found_inf", None)  # set by GradScaler.step(opt)
-            if external is not None:
-                found_inf = found_inf | (external.to(found_inf.device) != 0)
-            self._update.run(self.base_optimizer, pending, grads2, found_inf,
-                             self._grad_scale(scaler))
         except BaseException:
             self.cancel_step()
             raise
-        self._bandit.update(self._set.mask, pending.arm_norms, found_inf)
-        self._skipped += found_inf
-        if scaler is not None and scaler.is_enabled():
-            _amp.record_step(scaler, self, found_inf)
-        self._pending = None
-        self._set.clear_grads()
-        if self._bandit.sparse:
-            self._set_mask(self._bandit.sample())
+        self._finish_step(pending, grads2, found_inf, scaler)
 
     def cancel_step(self) -> None:
         """Undo a :meth:`first_step`: put the weights back at x exactly, forget the pass
         and clear the gradients, e.g. when the second forward/backward fails. Does
         nothing when no step is pending."""
-        if self._pending is None:
-            return
-        self._gradless.cancel()
-        self._pending.restore()
-        self._pending = None
-        self._set.clear_grads()
+        if self._pending is not None:
+            self._drop(self._pending)
 
     # ----- copies and pickles -----
 
@@ -410,6 +406,53 @@ class SLSAM(torch.optim.Optimizer):
         self._set_mask(mask)
 
     # ----- internals -----
+
+    def _read_grads(self, scaler: GradScaler | None) -> tuple[Tensor, Tensor]:
+        """The active tensors' gradients, checked (inactive arms' dropped): their global
+        norm and the active arms' norms for the bandit, unscaled (the bandit's norms are
+        not scale-free; the perturbation is)."""
+        active = self._set
+        active.drop_inactive_grads()
+        norm_inputs = active.norm_inputs()
+        _checks.check_grads(active.active, self._device)
+        norms, total = ops.grad_norms(norm_inputs, device=self._device)
+        arm_norms = active.arm_norms(norms)
+        grad_scale = self._grad_scale(scaler)
+        if grad_scale is not None:
+            arm_norms = arm_norms / grad_scale.to(arm_norms.device, torch.float32)
+        return total, arm_norms
+
+    def _finish_step(self, pending: PendingStep, grads: list[Tensor], found_inf: Tensor,
+                     scaler: GradScaler | None) -> None:
+        """The end of every step (second_step's, one-pass's): restore x and take the base
+        step with ``grads`` (the update gradients of ``pending``'s tensors), skipped when
+        ``found_inf`` or GradScaler.step()'s found_inf is set; then the EXP3 update from
+        ``pending.arm_norms``, the skip count, the scaler's record and the next mask.
+        A failing update puts the weights back at x and forgets the step."""
+        external = getattr(self, "found_inf", None)  # set by GradScaler.step(opt)
+        if external is not None:
+            found_inf = found_inf | (external.to(found_inf.device) != 0)
+        try:
+            self._update.run(self.base_optimizer, pending, grads, found_inf,
+                             self._grad_scale(scaler))
+        except BaseException:
+            self._drop(pending)
+            raise
+        self._bandit.update(self._set.mask, pending.arm_norms, found_inf)
+        self._skipped += found_inf
+        if scaler is not None and scaler.is_enabled():
+            _amp.record_step(scaler, self, found_inf)
+        self._pending = None
+        self._set.clear_grads()
+        if self._bandit.sparse:
+            self._set_mask(self._bandit.sample())
+
+    def _drop(self, pending: PendingStep) -> None:
+        """Weights back at x exactly; the step and its gradients forgotten."""
+        self._gradless.cancel()
+        pending.restore()
+        self._pending = None
+        self._set.clear_grads()
 
     def _set_mask(self, mask: Tensor) -> None:
         self._set.set_mask(mask, self.param_groups)

@@ -92,12 +92,13 @@ def test_group_norm_is_the_norm_over_its_tensors_and_feeds_the_bandit():
     torch.testing.assert_close(opt.probs, ref, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("mask_mode", ["requires_grad", "grad"])
-def test_singleton_groups_equal_one_arm_per_tensor(mask_mode):
+@pytest.mark.parametrize("mask_mode, passes", [("requires_grad", 2), ("grad", 2),
+                                               ("requires_grad", 1)])
+def test_singleton_groups_equal_one_arm_per_tensor(mask_mode, passes):
     a, b = Net(3), Net(3)
-    oa = slsam.SLSAM(a.parameters(), lr=1e-2, sparsity=0.3, seed=4, mask_mode=mask_mode)
-    ob = slsam.SLSAM(b.parameters(), lr=1e-2, sparsity=0.3, seed=4, mask_mode=mask_mode,
-                     arm_groups=[[p] for p in b.parameters()])
+    kw = dict(lr=1e-2, sparsity=0.3, seed=4, mask_mode=mask_mode, passes=passes)
+    oa = slsam.SLSAM(a.parameters(), **kw)
+    ob = slsam.SLSAM(b.parameters(), **kw, arm_groups=[[p] for p in b.parameters()])
     for seed in range(5):
         oa.step(closure_for(a, oa, seed))
         ob.step(closure_for(b, ob, seed))

@@ -25,7 +25,7 @@ from finetune import loop, methods, report, tasks  # noqa: E402
 HAS_FASHION = (tasks.FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").exists()
 needs_fashion = pytest.mark.skipif(
     not HAS_FASHION, reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
-ALL_METHODS = ["adamw", "sam", "slsam:0.3", "uniform:0.3", "rst:0.5", "looksam:2",
+ALL_METHODS = ["adamw", "sam", "slsam:0.3", "uniform:0.3", "slsam1p:0.3", "rst:0.5", "looksam:2",
                "slsam:0.5@rho=0.05,normalize=1"]
 
 
@@ -76,8 +76,10 @@ def test_parse_spec():
     assert methods.parse_spec("sam").rho == methods.SAM_RHO
     assert methods.parse_spec("uniform:0.5").rho == methods.SLSAM_RHO
     assert methods.parse_spec("slsam:0.2@arms=block").arms == "block"
+    assert methods.parse_spec("slsam1p:0.2@arms=block").arms == "block"
     assert methods.parse_spec("slsam:0.2").arms == "tensor"
-    for bad, msg in [("sgd", "unknown method"), ("slsam", "needs a value"),
+    assert methods.parse_spec("slsam1p:0.2").rho == methods.SLSAM_RHO
+    for bad, msg in [("sgd", "unknown method"), ("slsam", "needs a value"), ("slsam1p", "needs a value"),
                      ("adamw:0.2", "takes no"), ("sam@beta=1", "unknown override"),
                      ("slsam:0.2@lrscale", "is not a number"), ("slsam:x", "is not a number"),
                      ("slsam:0.2@arms=row", "one of tensor, block"), ("sam@arms=block", "needs slsam")]:

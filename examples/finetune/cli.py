@@ -30,7 +30,7 @@ DEFAULTS = {"text": TEXT, "vision": VISION}
 def parser(task: str, d: Defaults, doc: str | None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--method", default="slsam:0.2",
-                    help="adamw | sam | slsam:S | uniform:S | rst:P | looksam:K (see methods.py)")
+                    help="adamw | sam | slsam:S | uniform:S | slsam1p:S | rst:P | looksam:K (see methods.py)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=d.steps)
     ap.add_argument("--batch", type=int, default=d.batch)

@@ -8,6 +8,8 @@ running statistics are frozen. Specs:
     sam              slsam.SAM (every tensor, every step)
     slsam:S          slsam.SLSAM at sparsity S (the EXP3 bandit picks the tensors)
     uniform:S        the same optimizer with the bandit off (alpha=0): uniform random tensors
+    slsam1p:S        one-pass SL-SAM, slsam.SLSAM(passes=1): one forward/backward per step, at
+                     the active tensors perturbed along AdamW's first moment
     rst:P            RST (Zhao et al. 2022): a SAM step with probability P, AdamW otherwise
     looksam:K        LookSAM (Liu et al. 2022): the SAM gradient every K steps, in between the
                      plain gradient plus its last sharpness component (alpha 0.7)
@@ -50,11 +52,12 @@ class Spec:
 
     @property
     def rho(self) -> float:
-        default = SLSAM_RHO if self.kind in ("slsam", "uniform") else SAM_RHO
+        default = SLSAM_RHO if self.kind in SLSAM_KINDS else SAM_RHO
         return float(self.overrides.get("rho", default))
 
 
-KINDS = ("adamw", "sam", "slsam", "uniform", "rst", "looksam")
+KINDS = ("adamw", "sam", "slsam", "uniform", "slsam1p", "rst", "looksam")
+SLSAM_KINDS = ("slsam", "uniform", "slsam1p")
 OVERRIDES = ("rho", "lr", "alpha", "normalize", "lrscale", "arms")
 ARMS = ("tensor", "block")
 
@@ -64,7 +67,7 @@ def parse_spec(text: str) -> Spec:
     kind, _, value = head.partition(":")
     if kind not in KINDS:
         raise ValueError(f"unknown method {text!r}; use one of {', '.join(KINDS)} (e.g. slsam:0.2)")
-    needs_value = kind in ("slsam", "uniform", "rst", "looksam")
+    needs_value = kind in (*SLSAM_KINDS, "rst", "looksam")
     if needs_value != bool(value):
         raise ValueError(f"method {text!r}: {kind} {'needs' if needs_value else 'takes no'} a value "
                          "after ':' (e.g. slsam:0.2, rst:0.5, looksam:5)")
@@ -75,9 +78,9 @@ def parse_spec(text: str) -> Spec:
         if k not in OVERRIDES:
             raise ValueError(f"method {text!r}: unknown override {k!r} ({', '.join(OVERRIDES)})")
         if k == "arms":
-            if v not in ARMS or kind not in ("slsam", "uniform"):
-                raise ValueError(f"method {text!r}: arms={v} needs slsam or uniform and one of "
-                                 f"{', '.join(ARMS)} (e.g. slsam:0.2@arms=block)")
+            if v not in ARMS or kind not in SLSAM_KINDS:
+                raise ValueError(f"method {text!r}: arms={v} needs {', '.join(SLSAM_KINDS)} and "
+                                 f"one of {', '.join(ARMS)} (e.g. slsam:0.2@arms=block)")
             arms = v
             continue
         overrides[k] = _number(text, v)
@@ -104,7 +107,7 @@ class Method:
         lr = float(spec.overrides.get("lr", lr))
         self.gen = torch.Generator().manual_seed(seed + 7919)
         self.opt: torch.optim.Optimizer
-        if spec.kind in ("slsam", "uniform"):
+        if spec.kind in SLSAM_KINDS:
             head_ids = {id(p) for p in head}
             body = [p for p in self.params if id(p) not in head_ids]
             alpha = 0.0 if spec.kind == "uniform" else float(spec.overrides.get("alpha", 1e-3))
@@ -118,7 +121,7 @@ class Method:
                 [{"params": body, "lr": body_lr}, {"params": list(head), "always_active": True}],
                 rho=spec.rho, sparsity=sparsity, alpha=alpha, seed=seed, lr=lr,
                 weight_decay=WEIGHT_DECAY, normalize_loss=bool(spec.overrides.get("normalize", 0)),
-                arm_groups=groups)
+                arm_groups=groups, passes=1 if spec.kind == "slsam1p" else 2)
         elif spec.kind == "sam":
             self.opt = slsam.SAM(self.params, rho=spec.rho, lr=lr, weight_decay=WEIGHT_DECAY)
         else:
