@@ -19,13 +19,14 @@ from torch import Tensor, nn
 from slsam._marks import trainable
 
 # A numbered block in a parameter name: ``encoder.layer.3.``, ``blocks.0.``, ``layers.11.``,
-# ``h.5.`` (GPT-2), ``block.2.`` (T5). The match up to the number names the arm.
-BLOCK_PATTERN = re.compile(r"^(?:.*\.)?(?:layer|layers|blocks|block|h)\.\d+(?=\.)")
+# ``h.5.`` (GPT-2), ``block.2.`` (T5), ``_blocks.7.`` (EfficientNet-PyTorch). The match up
+# to the number names the arm.
+BLOCK_PATTERN = re.compile(r"^(?:.*\.)?(?:layer|layers|blocks|block|h|_blocks)\.\d+(?=\.)")
 
 
 def by_block(model: nn.Module, pattern: re.Pattern[str] | str = BLOCK_PATTERN) -> list[list[Tensor]]:
     """One arm per numbered block (``encoder.layer.N``, ``blocks.N``, ``layers.N``,
-    ``h.N``, ``block.N``), in order of first appearance; ``pattern`` is matched
+    ``h.N``, ``block.N``, ``_blocks.N``), in order of first appearance; ``pattern`` is matched
     (``re.match``) against each parameter name and the matched prefix names the arm."""
     rx = re.compile(pattern) if isinstance(pattern, str) else pattern
     groups: dict[str, list[Tensor]] = {}

@@ -36,6 +36,15 @@ def test_by_block_groups_numbered_blocks():
         assert [id(p) for p in g] == [id(p) for p in model.encoder.layer[i].parameters()]
 
 
+@pytest.mark.parametrize("prefix", ["blocks", "layers", "h", "block", "_blocks"])
+def test_by_block_knows_the_common_block_names(prefix):
+    model = torch.nn.Module()
+    setattr(model, prefix, torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(3)))
+    model.head = torch.nn.Linear(2, 2)
+    groups = slsam.arms.by_block(model)
+    assert [len(g) for g in groups] == [2, 2, 2]
+
+
 def test_by_block_without_blocks_names_the_fix():
     with pytest.raises(ValueError, match="pattern="):
         slsam.arms.by_block(torch.nn.Linear(2, 2))
