@@ -5,7 +5,8 @@
 activation_<task>.png  per-tensor activation frequency over training (paper Fig. 3), from
                        the slsam:0.2 run of the lowest seed
 sparsity_<task>.png    test accuracy, step time and memory against the fraction of
-                       parameters in backpropagation, one point per method (Fig. 1 and 4)
+                       parameters in backpropagation, one point per method (Fig. 1 and 4);
+                       step time side by side from step_cost_<task>.json where measured
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ def main() -> None:
         report.plot_activation(sparse[0], path)
         print(f"wrote {path}")
     path = args.results / f"sparsity_{args.task}.png"
+    cost_path = args.results / f"step_cost_{args.task}.json"
+    cost = json.loads(cost_path.read_text())["seconds_per_step"] if cost_path.exists() else None
     report.plot_sparsity(runs, path, f"{args.task}: {runs[0]['steps']} steps, "
-                         f"{runs[0]['machine']}, {runs[0]['date']}")
+                         f"{runs[0]['machine']}, {runs[0]['date']}", cost)
     print(f"wrote {path}")
 
 

@@ -176,6 +176,8 @@ def test_time_to_accuracy_and_summary(tmp_path):
     assert "never (0/2)" in md and md.count("\n") == 4 and "| 1 | 100 |" in md
     report.plot_curves(runs, tmp_path / "c.png", "t")
     report.plot_sparsity(runs, tmp_path / "s.png", "t")
+    report.plot_sparsity(runs, tmp_path / "s2.png", "t", {"sam": 1.0})  # others: own step time
+    assert (tmp_path / "s2.png").stat().st_size > 1000
     sparse = dict(_run("slsam:0.2", 0, [0.5]), arms=["a", "b"], masks=["10", "01", "11"],
                   final_probs=[0.3, 0.7])
     report.plot_activation(sparse, tmp_path / "h.png", bins=3)

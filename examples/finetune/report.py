@@ -196,9 +196,11 @@ def plot_activation(run: Run, path: Path, bins: int = 10) -> None:
     plt.close(fig)
 
 
-def plot_sparsity(runs: list[Run], path: Path, title: str) -> None:
+def plot_sparsity(runs: list[Run], path: Path, title: str,
+                  step_cost: dict[str, float] | None = None) -> None:
     """Accuracy, step time and memory against the fraction of parameters in backpropagation
-    (the paper's Fig. 1 and 4): one point per method, mean over seeds."""
+    (the paper's Fig. 1 and 4): one point per method, mean over seeds. The step time is the
+    side-by-side one (``step_cost``) where measured, else the runs' own (hollow marker)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,10 +212,16 @@ def plot_sparsity(runs: list[Run], path: Path, title: str) -> None:
         x = r["active"]
         kind = r["method"].split(":")[0].split("@")[0]
         marker = {"slsam": "o", "uniform": "s", "sam": "*", "adamw": "^"}.get(kind, "D")
-        for ax, y in zip(axes, (r["acc"], r["s_per_step"], r["extra_rss_mib"]), strict=False):
-            ax.scatter(x, y, marker=marker, s=60 if kind != "sam" else 140)
+        side = (step_cost or {}).get(r["method"])
+        step = side if side is not None else r["s_per_step"]
+        for i, (ax, y) in enumerate(zip(axes, (r["acc"], step, r["extra_rss_mib"]), strict=True)):
+            hollow = i == 1 and side is None and step_cost is not None
+            ax.scatter(x, y, marker=marker, s=60 if kind != "sam" else 140,
+                       facecolors="none" if hollow else None,
+                       edgecolors="black" if hollow else None)
             ax.annotate(r["method"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    labels = ("test accuracy", "seconds per step", "extra memory over start (MiB)")
+    step_label = "seconds per step (side by side)" if step_cost else "seconds per step"
+    labels = ("test accuracy", step_label, "extra memory over start (MiB)")
     for ax, lab in zip(axes, labels, strict=False):
         ax.set_xlabel("fraction of parameters in backpropagation")
         ax.set_ylabel(lab)
