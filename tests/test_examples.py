@@ -78,11 +78,17 @@ def test_parse_spec():
     assert methods.parse_spec("slsam:0.2@arms=block").arms == "block"
     assert methods.parse_spec("slsam1p:0.2@arms=block").arms == "block"
     assert methods.parse_spec("slsam:0.2").arms == "tensor"
+    assert methods.parse_spec("slsam:0.2@lora=8").arms == "adapter"
+    assert methods.parse_spec("slsam:0.2@lora=8").lora == 8
+    assert methods.parse_spec("slsam:0.2@lora=8,arms=block").arms == "block"
+    assert methods.parse_spec("adamw").lora == 0
     assert methods.parse_spec("slsam1p:0.2").rho == methods.SLSAM_RHO
     for bad, msg in [("sgd", "unknown method"), ("slsam", "needs a value"), ("slsam1p", "needs a value"),
                      ("adamw:0.2", "takes no"), ("sam@beta=1", "unknown override"),
                      ("slsam:0.2@lrscale", "is not a number"), ("slsam:x", "is not a number"),
-                     ("slsam:0.2@arms=row", "one of tensor, block"), ("sam@arms=block", "needs slsam")]:
+                     ("slsam:0.2@arms=row", "one of tensor, block"), ("sam@arms=block", "needs slsam"),
+                     ("adamw@lora=0", "positive whole rank"), ("adamw@lora=2.5", "positive whole"),
+                     ("slsam:0.2@arms=adapter", "add lora=R")]:
         with pytest.raises(ValueError, match=msg):
             methods.parse_spec(bad)
 
@@ -93,6 +99,19 @@ def test_arms_block_gives_one_arm_per_block_and_keeps_the_head_out():
     method = methods.make_method("slsam:0.5@arms=block", model, head, lr=1e-2, seed=0)
     sizes = [len(a) for a in method.opt.arm_groups]
     assert sizes == [1, 1, 4, 4, 4, 4]  # embed.weight, embed.bias, the 4 blocks; head: always
+
+
+def test_lora_without_an_encoder_or_peft_names_the_fix(monkeypatch):
+    model = Net()  # like the vision model: no attention query/value layers
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="--task text"):
+        methods.make_method("adamw@lora=8", model, list(model.head.parameters()), 1e-2, 0)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    monkeypatch.setitem(sys.modules, "peft", None)
+    text_like = nn.Module()
+    text_like.encoder = nn.ModuleDict({"query": nn.Linear(4, 4), "value": nn.Linear(4, 4)})
+    with pytest.raises(ImportError, match="pip install peft"):
+        methods.make_method("adamw@lora=8", text_like, [], 1e-2, 0)
 
 
 class BagOfWords(nn.Module):
@@ -236,3 +255,34 @@ def test_vision_model_steps_with_batchnorm_frozen_in_the_second_pass():
     rec = loop.train(t, "slsam:0.2", seed=0, steps=2, batch=8, lr=1e-3, eval_every=1e9,
                      progress=False)
     assert all(math.isfinite(v) for v in rec["train_loss"]) and len(rec["arms"]) == 147
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["adamw@lora=8", "slsam:0.5@lrscale=1,lora=8"])
+def test_lora_trains_only_the_adapters_and_the_head(tiny_text, spec):
+    pytest.importorskip("peft")
+    made: dict[str, object] = {}
+
+    def model_fn(t):
+        model = tasks.make_model(t)
+        made["model"] = model
+        made["before"] = [(p, p.detach().clone()) for p in model.parameters()]
+        return model
+
+    rec = loop.train(tiny_text, spec, seed=0, steps=3, batch=8, lr=1e-3, eval_every=1e9,
+                     progress=False, model_fn=model_fn)
+    assert set(loop.RECORD_KEYS) <= rec.keys()
+    json.loads(json.dumps(rec))
+    assert all(math.isfinite(v) for v in rec["train_loss"]) and len(rec["train_loss"]) == 3
+    model = made["model"]
+    head = {id(p) for p in model.head.parameters()}
+    for p, old in made["before"]:
+        assert torch.equal(p, old) != (id(p) in head)  # the head moved, the base is bit-identical
+    old_ids = {id(p) for p, _ in made["before"]}
+    new = {n: p for n, p in model.named_parameters() if id(p) not in old_ids}
+    assert len(new) == 6 * 2 * 2 and all(".lora_A." in n or ".lora_B." in n for n in new)
+    assert not any(p.requires_grad for p, _ in made["before"] if id(p) not in head)
+    assert any(bool(p.ne(0).any()) for n, p in new.items() if ".lora_B." in n)  # B starts at 0
+    if spec.startswith("slsam"):
+        assert len(rec["arms"]) == 12 and all(a.endswith("lora_") for a in rec["arms"])
+        assert 0 < rec["active_fraction"] < 1 and len(rec["masks"][0]) == 12

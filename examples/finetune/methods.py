@@ -18,7 +18,10 @@ A spec may end in ``@key=value,...`` to override rho, lr, alpha or normalize (e.
 ``slsam:0.2@rho=0.05``); ``lrscale=1`` gives the bandit's tensors the learning rate lr / S
 (each is updated in about S of the steps; the always-active head keeps lr); ``arms=block``
 makes each numbered block one arm (``slsam.arms.by_block``; ``arms=tensor``, the default,
-one arm per tensor). RST and
+one arm per tensor). ``lora=R`` (text task) wraps the model's encoder in LoRA adapters of
+rank R on the attention query/value layers (``finetune/lora.py``), the encoder's own weights
+frozen, before the optimizer is built; under SL-SAM each adapter (its lora_A and lora_B) is
+then one arm (``slsam.arms.by_adapter``; ``arms=`` overrides), the head always active. RST and
 LookSAM are written here in plain PyTorch (foreach ops, fused AdamW), as a user would.
 """
 
@@ -33,6 +36,8 @@ import torch
 from torch import Tensor, nn
 
 import slsam
+
+from .lora import add_lora
 
 LossFn = Callable[[bool], Tensor]
 
@@ -51,6 +56,11 @@ class Spec:
     arms: str = "tensor"
 
     @property
+    def lora(self) -> int:
+        """The LoRA rank, 0 without adapters."""
+        return int(self.overrides.get("lora", 0))
+
+    @property
     def rho(self) -> float:
         default = SLSAM_RHO if self.kind in SLSAM_KINDS else SAM_RHO
         return float(self.overrides.get("rho", default))
@@ -58,8 +68,8 @@ class Spec:
 
 KINDS = ("adamw", "sam", "slsam", "uniform", "slsam1p", "rst", "looksam")
 SLSAM_KINDS = ("slsam", "uniform", "slsam1p")
-OVERRIDES = ("rho", "lr", "alpha", "normalize", "lrscale", "arms")
-ARMS = ("tensor", "block")
+OVERRIDES = ("rho", "lr", "alpha", "normalize", "lrscale", "arms", "lora")
+ARMS = ("tensor", "block", "adapter")
 
 
 def parse_spec(text: str) -> Spec:
@@ -72,7 +82,7 @@ def parse_spec(text: str) -> Spec:
         raise ValueError(f"method {text!r}: {kind} {'needs' if needs_value else 'takes no'} a value "
                          "after ':' (e.g. slsam:0.2, rst:0.5, looksam:5)")
     overrides: dict[str, float] = {}
-    arms = "tensor"
+    arms = ""
     for item in filter(None, over.split(",")):
         k, _, v = item.partition("=")
         if k not in OVERRIDES:
@@ -84,6 +94,14 @@ def parse_spec(text: str) -> Spec:
             arms = v
             continue
         overrides[k] = _number(text, v)
+    lora = overrides.get("lora")
+    if lora is not None and (lora < 1 or lora != int(lora)):
+        raise ValueError(f"method {text!r}: lora={lora:g} must be a positive whole rank "
+                         "(e.g. adamw@lora=8)")
+    if arms == "adapter" and lora is None:
+        raise ValueError(f"method {text!r}: arms=adapter needs LoRA adapters: add lora=R "
+                         "(e.g. slsam:0.2@lora=8)")
+    arms = arms or ("adapter" if lora is not None else "tensor")
     return Spec(kind, _number(text, value) if value else None, overrides, text, arms)
 
 
@@ -102,6 +120,8 @@ class Method:
                  seed: int) -> None:
         self.spec = spec
         self.model = model
+        if spec.lora:
+            add_lora(model, spec.lora)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.numel = sum(p.numel() for p in self.params)
         lr = float(spec.overrides.get("lr", lr))
@@ -114,9 +134,9 @@ class Method:
             sparsity = float(spec.value or 0.0)
             body_lr = lr / sparsity if spec.overrides.get("lrscale") else lr
             groups = None
-            if spec.arms == "block":
-                groups = [[p for p in g if id(p) not in head_ids]
-                          for g in slsam.arms.by_block(model)]
+            if spec.arms in ("block", "adapter"):
+                by = slsam.arms.by_block if spec.arms == "block" else slsam.arms.by_adapter
+                groups = [[p for p in g if id(p) not in head_ids] for g in by(model)]
             self.opt = slsam.SLSAM(
                 [{"params": body, "lr": body_lr}, {"params": list(head), "always_active": True}],
                 rho=spec.rho, sparsity=sparsity, alpha=alpha, seed=seed, lr=lr,
