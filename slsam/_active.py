@@ -57,6 +57,7 @@ class ActiveSet:
         self.mask = torch.ones(self.n_arms, dtype=torch.bool, device=device)
         self.mask_list: list[bool] = []  # per arm
         self.tensor_on: list[bool] = []  # per tensor of ``arms``
+        self.inactive_arms: list[Tensor] = []  # the arm tensors ``tensor_on`` leaves off
         self.active_arms: list[Tensor] = []
         self.active_by_group: list[list[Tensor]] = []
         self.active: list[Tensor] = []
@@ -93,6 +94,7 @@ class ActiveSet:
             self.tensor_on = self.mask_list
         else:
             self.tensor_on = [self.mask_list[a] for a in self.arm_of]
+        self.inactive_arms = [p for p, on in zip(self.arms, self.tensor_on, strict=False) if not on]
         self.apply(groups)
 
     def apply(self, groups: list[dict[str, Any]]) -> None:
@@ -157,8 +159,8 @@ class ActiveSet:
         (a backward inside ``dense()``, one left from before); a generic base optimizer's
         step() would apply it to the inactive tensor, every step (tests/test_faults.py).
         """
-        for p, on in zip(self.arms, self.tensor_on, strict=False):
-            if not on and p.grad is not None:
+        for p in self.inactive_arms:
+            if p.grad is not None:
                 p.grad = None
 
     def norm_inputs(self) -> list[Tensor]:

@@ -16,7 +16,7 @@ through fp32 copies, rounded to fp16 once as the kernel itself rounds.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -50,17 +50,59 @@ def adamw_state(state: dict[str, Any], p: Tensor) -> dict[str, Any]:
     return state
 
 
+class Moments(NamedTuple):
+    """The kernel's state lists for some parameters, and which of them have wider moments."""
+
+    exp_avgs: list[Tensor]
+    exp_avg_sqs: list[Tensor]
+    steps: list[Tensor]
+    wide: list[int]
+
+
+def adamw_states(state: dict[Tensor, dict[str, Any]], params: list[Tensor]) -> Moments:
+    """:func:`adamw_state` for each of ``params`` (``state``: the base optimizer's), as lists.
+
+    NOTE: one loop, and for an entry already laid out as its parameter (every step but
+    the first) only the reads that tell so: at thousands of tensors a step's Python
+    bookkeeping costs more than its kernels.
+    """
+    ms: list[Tensor] = []
+    vs: list[Tensor] = []
+    steps: list[Tensor] = []
+    wide: list[int] = []
+    half = torch.float16
+    for i, p in enumerate(params):
+        entry = state[p]
+        if entry:
+            step, m, v = entry["step"], entry["exp_avg"], entry["exp_avg_sq"]
+            dtype, stride = p.dtype, p.stride()
+            if (dtype is not half and m.dtype is dtype and v.dtype is dtype
+                    and m.stride() == stride and v.stride() == stride
+                    and step.device == p.device):
+                ms.append(m)
+                vs.append(v)
+                steps.append(step)
+                continue
+        entry = adamw_state(entry, p)
+        ms.append(entry["exp_avg"])
+        vs.append(entry["exp_avg_sq"])
+        steps.append(entry["step"])
+        if entry["exp_avg"].dtype != p.dtype:
+            wide.append(i)
+    return Moments(ms, vs, steps, wide)
+
+
 def restore_adamw_(params: list[Tensor], backups: list[Tensor], grads: list[Tensor],
-                   exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], steps: list[Tensor],
-                   *hyper: Any) -> None:
+                   moments: Moments, *hyper: Any) -> None:
     """``ops.restore_adamw_``, also for parameters whose moments are wider (fp16 with fp32
     moments): those through fp32 copies of parameter, backup and gradient."""
+    exp_avgs, exp_avg_sqs, steps, wide = moments
     lists = (params, backups, grads, exp_avgs, exp_avg_sqs, steps)
-    wide = [i for i, (p, m) in enumerate(zip(params, exp_avgs, strict=True)) if m.dtype != p.dtype]
     if not wide:
         ops.restore_adamw_(*lists, *hyper)
         return
-    same = [i for i in range(len(params)) if i not in set(wide)]
+    wide_set = set(wide)
+    same = [i for i in range(len(params)) if i not in wide_set]
     if same:
         ops.restore_adamw_(*([ts[i] for i in same] for ts in lists), *hyper)
     outs = [torch.empty_like(params[i], dtype=exp_avgs[i].dtype) for i in wide]

@@ -20,8 +20,9 @@ except ImportError:  # torch without distributed
 
 
 def has_dtensor(tensors: Sequence[Tensor | None] | None) -> bool:
+    # NOTE: over the distinct types, not the tensors: called on every operator's lists.
     return DTensor is not None and tensors is not None and any(
-        isinstance(t, DTensor) for t in tensors)
+        issubclass(t, DTensor) for t in set(map(type, tensors)))
 
 
 def local(tensors: Sequence[Tensor]) -> list[Tensor]:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from slsam import ops
-from slsam._adamw_state import adamw_state, restore_adamw_
+from slsam._adamw_state import adamw_states, restore_adamw_
 from slsam._pending import PendingStep
 
 
@@ -38,20 +38,21 @@ def _fused_adamw_run(base: torch.optim.Optimizer, pending: PendingStep, grads: l
                      found_inf: Tensor, grad_scale: Tensor | None) -> None:
     del grads
     for group, ps, backups in pending.groups:
-        upd = [i for i, p in enumerate(ps) if p.grad is not None]
-        rest = [i for i, p in enumerate(ps) if p.grad is None]
-        if rest:  # unused in the second pass: nothing to update with
+        grads = [p.grad for p in ps]
+        params, bks = ps, backups
+        if any(g is None for g in grads):  # unused in the second pass: nothing to update with
+            rest = [i for i, g in enumerate(grads) if g is None]
             ops.restore_([ps[i] for i in rest], [backups[i] for i in rest])
-        if not upd:
+            upd = [i for i, g in enumerate(grads) if g is not None]
+            params, bks, grads = [ps[i] for i in upd], [backups[i] for i in upd], \
+                [grads[i] for i in upd]
+        if not params:
             continue
-        params = [ps[i] for i in upd]
-        states = [adamw_state(base.state[p], p) for p in params]
         beta1, beta2 = group["betas"]
         restore_adamw_(
-            params, [backups[i] for i in upd], [p.grad for p in params],
-            [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            [s["step"] for s in states], float(group["lr"]), float(beta1), float(beta2),
-            float(group["weight_decay"]), float(group["eps"]), grad_scale, found_inf)
+            params, bks, grads, adamw_states(base.state, params), float(group["lr"]),
+            float(beta1), float(beta2), float(group["weight_decay"]), float(group["eps"]),
+            grad_scale, found_inf)
 
 
 def _any_optimizer(base: torch.optim.Optimizer) -> bool:
