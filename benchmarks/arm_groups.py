@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import slsam
 from benchmarks.common import report_machine_and_write
-from benchmarks.mask_mode import load_minilm
+from benchmarks.mask_mode import load_minilm, minilm_batch
 
 
 def main() -> None:
@@ -30,9 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 30000, (16, 64), generator=gen)
-    labels = torch.randint(0, 2, (16,), generator=gen)
+    ids, labels = minilm_batch()
     runs = {}
     for name in ("dense", "per-tensor", "per-block"):
         model = load_minilm()

@@ -31,14 +31,19 @@ def load_minilm() -> torch.nn.Module:
     return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
 
 
+def minilm_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed batch for MiniLM: 16 sequences of 64 random token ids, binary labels."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 30000, (16, 64), generator=gen)
+    return ids, torch.randint(0, 2, (16,), generator=gen)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--sparsity", type=float, default=0.2)
     args = ap.parse_args()
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 30000, (16, 64), generator=gen)
-    labels = torch.randint(0, 2, (16,), generator=gen)
+    ids, labels = minilm_batch()
     runs = {}
     for name in ("AdamW", "SLSAM requires_grad", "SLSAM grad"):
         model = load_minilm()
