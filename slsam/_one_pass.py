@@ -34,7 +34,7 @@ from slsam import _checks, ops
 from slsam._adamw_state import moment_dtype
 from slsam._closure import first_pass
 from slsam._pending import PendingStep
-from slsam._perturb import Groups
+from slsam._perturb import Groups, restore_groups
 
 if TYPE_CHECKING:
     from slsam.optim import SLSAM, Closure
@@ -91,11 +91,6 @@ def _first_moment(opt: SLSAM, p: Tensor) -> Tensor | None:
     return m
 
 
-def _restore(held: Groups) -> None:
-    for _, ps, backups in held:
-        ops.restore_(ps, backups)
-
-
 def _perturb(opt: SLSAM) -> Groups:
     """Back up the active tensors and move those with a first moment to x + e."""
     per_group = opt._set.active_by_group
@@ -121,7 +116,7 @@ def _perturb(opt: SLSAM) -> Groups:
                          [bks[k] for k in moving], total, DIRECTION_SIGN * float(group["rho"]))
             held.append((group, ps, bks))
     except BaseException:
-        _restore(held)
+        restore_groups(held)
         raise
     return held
 
@@ -149,7 +144,7 @@ def step(opt: SLSAM, closure: Closure | None, scaler: GradScaler | None,
         try:
             return closure()
         except BaseException:
-            _restore(held)
+            restore_groups(held)
             held.clear()
             raise
 
@@ -162,7 +157,7 @@ def step(opt: SLSAM, closure: Closure | None, scaler: GradScaler | None,
         total, arm_norms = opt._read_grads(scaler)
     except BaseException:
         opt._gradless.cancel()
-        _restore(held)
+        restore_groups(held)
         active.clear_grads()
         raise
     opt._gradless.defer(active.active_arms, active.active)

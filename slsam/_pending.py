@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from slsam import ops
+from slsam._perturb import restore_groups
 
 
 @dataclass
@@ -26,8 +26,7 @@ class PendingStep:
 
     def restore(self) -> None:
         """Put every perturbed tensor back at x, exactly."""
-        for _, ps, backups in self.groups:
-            ops.restore_(ps, backups)
+        restore_groups(self.groups)
 
     def backup_bytes(self) -> int:
         return sum(b.numel() * b.element_size() for _, _, bks in self.groups for b in bks)

@@ -14,6 +14,12 @@ from slsam._backups import BackupPool
 Groups = list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]
 
 
+def restore_groups(groups: Groups) -> None:
+    """Put every tensor of ``groups`` (group, tensors, backups) back at x, exactly."""
+    for _, ps, backups in groups:
+        ops.restore_(ps, backups)
+
+
 def perturb_groups(param_groups: list[dict[str, Any]], per_group: list[list[Tensor]],
                    pool: BackupPool, total: Tensor, found_inf: Tensor,
                    device: torch.device) -> tuple[Groups, Tensor]:
@@ -45,16 +51,15 @@ def perturb_groups(param_groups: list[dict[str, Any]], per_group: list[list[Tens
         total = torch.where(found_inf, torch.full_like(total, math.nan), total)
     # NOTE: rho * g / ||g|| does not change when g is scaled, so the perturbation
     # uses the (loss-scaled) gradients as they are.
-    done: list[tuple[list[Tensor], list[Tensor]]] = []
+    done: Groups = []
     try:
         for group, ps, bks in groups:
             # NOTE: a base optimizer with maximize=True ascends the loss, so the worst
             # nearby point for it lies along -g.
             rho = -group["rho"] if group.get("maximize") else group["rho"]
             ops.perturb_(ps, [p.grad for p in ps], bks, total, rho, group["adaptive"])
-            done.append((ps, bks))
+            done.append((group, ps, bks))
     except BaseException:
-        for ps, bks in done:  # NOTE: a kernel refused a later group: undo the earlier
-            ops.restore_(ps, bks)
+        restore_groups(done)  # NOTE: a kernel refused a later group: undo the earlier
         raise
     return groups, found_inf
