@@ -60,6 +60,7 @@ class ActiveSet:
         self.inactive_arms: list[Tensor] = []  # the arm tensors ``tensor_on`` leaves off
         self.active_arms: list[Tensor] = []
         self.active_by_group: list[list[Tensor]] = []
+        self.group_pos: list[list[int]] = []
         self.active: list[Tensor] = []
 
     def arm_groups(self) -> list[list[Tensor]]:
@@ -111,9 +112,11 @@ class ActiveSet:
         self.active_arms = [p for p, on in zip(self.arms, self.tensor_on, strict=False) if on]
         self.late_on = [p.requires_grad for p in self.late]
         late = [p for p, on in zip(self.late, self.late_on, strict=True) if on]
-        ids = {id(p) for p in self.active_arms} | {id(p) for p in self.always + late}
-        self.active_by_group = [[p for p in g["params"] if id(p) in ids] for g in groups]
         self.active = self.active_arms + self.always + late
+        where = {id(p): i for i, p in enumerate(self.active)}
+        # group_pos[k]: where group k's active tensors sit in ``active``
+        self.group_pos = [[where[id(p)] for p in g["params"] if id(p) in where] for g in groups]
+        self.active_by_group = [[self.active[i] for i in pos] for pos in self.group_pos]
 
     def note_unfrozen(self, groups: list[dict[str, Any]]) -> None:
         """Take in the tensors frozen at construction that the user has (un)frozen since."""
@@ -163,12 +166,27 @@ class ActiveSet:
             if p.grad is not None:
                 p.grad = None
 
-    def norm_inputs(self) -> list[Tensor]:
+    def norm_inputs(self, grads: list[Tensor | None]) -> list[Tensor]:
         """The active arms' gradients (an empty stand-in where one has none), in mask order,
         then those of the other active tensors (always-active, unfrozen since construction)
-        that have one."""
-        out = [p.grad if p.grad is not None else self._empty_grad(p) for p in self.active_arms]
-        return out + [p.grad for p in self.active[len(self.active_arms):] if p.grad is not None]
+        that have one. ``grads``: the gradients of ``active``, in its order."""
+        n = len(self.active_arms)
+        out = [g if g is not None else self._empty_grad(p)
+               for p, g in zip(self.active_arms, grads, strict=False)]
+        return out + [g for g in grads[n:] if g is not None]
+
+    def with_grads_by_group(self, grads: list[Tensor | None]
+                            ) -> tuple[list[list[Tensor]], list[list[Tensor]]]:
+        """Per param group, the active tensors that have a gradient and those gradients
+        (``grads``: the gradients of ``active``, in its order)."""
+        active = self.active
+        tensors: list[list[Tensor]] = []
+        by_group: list[list[Tensor]] = []
+        for pos in self.group_pos:
+            kept = [i for i in pos if grads[i] is not None]
+            tensors.append([active[i] for i in kept])
+            by_group.append([grads[i] for i in kept])  # type: ignore[misc]
+        return tensors, by_group
 
     def arm_norms(self, norms: Tensor) -> Tensor:
         """The active arms' gradient norms (in arm order) from ``norms``, whose first

@@ -68,24 +68,26 @@ class GradlessCheck:
         self._watched: set[int] = set()
         self._warned = False
 
-    def _gradless(self, active_arms: list[Tensor], active: list[Tensor]) -> list[Tensor]:
+    def _gradless(self, n_arms: int, active: list[Tensor],
+                  grads: list[Tensor | None]) -> list[Tensor]:
         """The ``active`` tensors without a gradient (those not watched before), when one
-        of ``active_arms`` has none."""
-        if self._warned or all(p.grad is not None for p in active_arms):
+        of the first ``n_arms`` (the active arms) has none. ``grads``: ``active``'s."""
+        if self._warned or all(g is not None for g in grads[:n_arms]):
             return []
-        gradless = [p for p in active if p.grad is None and id(p) not in self._watched]
+        gradless = [p for p, g in zip(active, grads, strict=True)
+                    if g is None and id(p) not in self._watched]
         self._watched.update(id(p) for p in gradless)
         return gradless
 
-    def open(self, active_arms: list[Tensor], active: list[Tensor]) -> None:
+    def open(self, n_arms: int, active: list[Tensor], grads: list[Tensor | None]) -> None:
         """Watch the second forward of the active tensors without a gradient."""
-        gradless = self._gradless(active_arms, active)
+        gradless = self._gradless(n_arms, active, grads)
         if gradless:
             self._watch = NoGradWatch(gradless)
 
-    def defer(self, active_arms: list[Tensor], active: list[Tensor]) -> None:
+    def defer(self, n_arms: int, active: list[Tensor], grads: list[Tensor | None]) -> None:
         """Watch the active tensors without a gradient in the next :meth:`start`."""
-        self._next = self._gradless(active_arms, active)
+        self._next = self._gradless(n_arms, active, grads)
 
     def start(self) -> None:
         if self._next:

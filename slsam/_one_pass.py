@@ -154,14 +154,13 @@ def step(opt: SLSAM, closure: Closure | None, scaler: GradScaler | None,
         # wrapper restores before each redraw and perturbs the new set.
         loss = first_pass(perturbed_closure, active, opt._bandit, opt.param_groups)
         opt._gradless.close()
-        total, arm_norms = opt._read_grads(scaler)
+        total, arm_norms, grads = opt._read_grads(scaler)
     except BaseException:
         opt._gradless.cancel()
         restore_groups(held)
         active.clear_grads()
         raise
-    opt._gradless.defer(active.active_arms, active.active)
+    opt._gradless.defer(len(active.active_arms), active.active, grads)
     pending = PendingStep(held, arm_norms, ~torch.isfinite(total))
-    grads = [p.grad for p in pending.params if p.grad is not None]
-    opt._finish_step(pending, grads, pending.found_inf, scaler)
+    opt._finish_step(pending, [p.grad for p in pending.params], pending.found_inf, scaler)
     return loss.detach()

@@ -21,9 +21,10 @@ def restore_groups(groups: Groups) -> None:
 
 
 def perturb_groups(param_groups: list[dict[str, Any]], per_group: list[list[Tensor]],
-                   pool: BackupPool, total: Tensor, found_inf: Tensor,
-                   device: torch.device) -> tuple[Groups, Tensor]:
-    """Back up and perturb each group's tensors (those with a gradient) by
+                   grads_by_group: list[list[Tensor]], pool: BackupPool, total: Tensor,
+                   found_inf: Tensor, device: torch.device) -> tuple[Groups, Tensor]:
+    """Back up and perturb each group's tensors (those with a gradient, given with
+    their gradients) by
     rho * g / ||g||, or ASAM's rho * x^2 g / ||x g|| in adaptive groups (along -g in
     groups whose base optimizer maximizes); ``total`` is the
     plain global norm. Returns the (group, tensors, backups) triples and found_inf
@@ -53,11 +54,11 @@ def perturb_groups(param_groups: list[dict[str, Any]], per_group: list[list[Tens
     # uses the (loss-scaled) gradients as they are.
     done: Groups = []
     try:
-        for group, ps, bks in groups:
+        for (group, ps, bks), gs in zip(groups, grads_by_group, strict=True):
             # NOTE: a base optimizer with maximize=True ascends the loss, so the worst
             # nearby point for it lies along -g.
             rho = -group["rho"] if group.get("maximize") else group["rho"]
-            ops.perturb_(ps, [p.grad for p in ps], bks, total, rho, group["adaptive"])
+            ops.perturb_(ps, gs, bks, total, rho, group["adaptive"])
             done.append((group, ps, bks))
     except BaseException:
         restore_groups(done)  # NOTE: a kernel refused a later group: undo the earlier

@@ -23,8 +23,10 @@ from slsam._pending import PendingStep
 class UpdatePath:
     name: str
     applies: Callable[[torch.optim.Optimizer], bool]
-    # (base optimizer, pending step, its second-pass gradients, found_inf, grad_scale)
-    run: Callable[[torch.optim.Optimizer, PendingStep, list[Tensor], Tensor, Tensor | None], None]
+    # (base optimizer, pending step, its second-pass gradients in pending.params' order
+    # with None where a tensor got none, found_inf, grad_scale)
+    run: Callable[[torch.optim.Optimizer, PendingStep, list[Tensor | None], Tensor,
+                   Tensor | None], None]
 
 
 def _fused_adamw_applies(base: torch.optim.Optimizer) -> bool:
@@ -34,11 +36,13 @@ def _fused_adamw_applies(base: torch.optim.Optimizer) -> bool:
                    for g in base.param_groups)
 
 
-def _fused_adamw_run(base: torch.optim.Optimizer, pending: PendingStep, grads: list[Tensor],
-                     found_inf: Tensor, grad_scale: Tensor | None) -> None:
-    del grads
+def _fused_adamw_run(base: torch.optim.Optimizer, pending: PendingStep,
+                     all_grads: list[Tensor | None], found_inf: Tensor,
+                     grad_scale: Tensor | None) -> None:
+    start = 0
     for group, ps, backups in pending.groups:
-        grads = [p.grad for p in ps]
+        grads = all_grads[start:start + len(ps)]
+        start += len(ps)
         params, bks = ps, backups
         if any(g is None for g in grads):  # unused in the second pass: nothing to update with
             rest = [i for i, g in enumerate(grads) if g is None]
@@ -50,9 +54,9 @@ def _fused_adamw_run(base: torch.optim.Optimizer, pending: PendingStep, grads: l
             continue
         beta1, beta2 = group["betas"]
         restore_adamw_(
-            params, bks, grads, adamw_states(base.state, params), float(group["lr"]),
-            float(beta1), float(beta2), float(group["weight_decay"]), float(group["eps"]),
-            grad_scale, found_inf)
+            params, bks, grads, adamw_states(base.state, params),  # type: ignore[arg-type]
+            float(group["lr"]), float(beta1), float(beta2), float(group["weight_decay"]),
+            float(group["eps"]), grad_scale, found_inf)
 
 
 def _any_optimizer(base: torch.optim.Optimizer) -> bool:
@@ -60,10 +64,12 @@ def _any_optimizer(base: torch.optim.Optimizer) -> bool:
     return True
 
 
-def _generic_run(base: torch.optim.Optimizer, pending: PendingStep, grads: list[Tensor],
-                 found_inf: Tensor, grad_scale: Tensor | None) -> None:
+def _generic_run(base: torch.optim.Optimizer, pending: PendingStep,
+                 all_grads: list[Tensor | None], found_inf: Tensor,
+                 grad_scale: Tensor | None) -> None:
     pending.restore()
     if not bool(found_inf):  # host sync: only on the generic path
+        grads = [g for g in all_grads if g is not None]
         if grad_scale is not None and grads:
             torch._foreach_mul_(grads, grad_scale.reciprocal().to(grads[0].device))
         base.step()

@@ -317,15 +317,15 @@ class SLSAM(torch.optim.Optimizer):
         _checks.check_group_rhos(self.param_groups)
         active = self._set
         active.note_unfrozen(self.param_groups)
-        total, arm_norms = self._read_grads(scaler)
+        total, arm_norms, grads = self._read_grads(scaler)
         # NOTE: from the plain norms even when adaptive: the bandit reads them, and an
         # overflowed norm (inf) must skip the step, not reach the EXP3 update as NaN.
         found_inf = ~torch.isfinite(total)
-        per_group = [[p for p in ps if p.grad is not None] for ps in active.active_by_group]
-        groups, found_inf = perturb_groups(self.param_groups, per_group, self._backups, total,
-                                           found_inf, self._device)
+        per_group, grads_by_group = active.with_grads_by_group(grads)
+        groups, found_inf = perturb_groups(self.param_groups, per_group, grads_by_group,
+                                           self._backups, total, found_inf, self._device)
         self._pending = PendingStep(groups, arm_norms, found_inf)
-        self._gradless.open(active.active_arms, active.active)
+        self._gradless.open(len(active.active_arms), active.active, grads)
         if scaler is not None:
             _amp.allow_second_unscale(scaler, self)
         active.clear_grads()
@@ -346,10 +346,9 @@ class SLSAM(torch.optim.Optimizer):
         # x + e: restore them exactly and forget the pass, then re-raise.
         try:
             self._set.drop_inactive_grads()
-            params = pending.params
-            grads2 = [p.grad for p in params if p.grad is not None]
-            _checks.check_grads(params, self._device)
-            _, total2 = ops.grad_norms(grads2, device=self._device)
+            grads2 = _checks.check_grads(pending.params, self._device)
+            _, total2 = ops.grad_norms([g for g in grads2 if g is not None],
+                                       device=self._device)
             found_inf = pending.found_inf | ~torch.isfinite(total2)
         except BaseException:
             self.cancel_step()
@@ -407,25 +406,26 @@ class SLSAM(torch.optim.Optimizer):
 
     # ----- internals -----
 
-    def _read_grads(self, scaler: GradScaler | None) -> tuple[Tensor, Tensor]:
+    def _read_grads(self, scaler: GradScaler | None
+                    ) -> tuple[Tensor, Tensor, list[Tensor | None]]:
         """The active tensors' gradients, checked (inactive arms' dropped): their global
-        norm and the active arms' norms for the bandit, unscaled (the bandit's norms are
-        not scale-free; the perturbation is)."""
+        norm, the active arms' norms for the bandit, unscaled (the bandit's norms are
+        not scale-free; the perturbation is), and the gradients (``active``'s order)."""
         active = self._set
         active.drop_inactive_grads()
-        norm_inputs = active.norm_inputs()
-        _checks.check_grads(active.active, self._device)
-        norms, total = ops.grad_norms(norm_inputs, device=self._device)
+        grads = _checks.check_grads(active.active, self._device)
+        norms, total = ops.grad_norms(active.norm_inputs(grads), device=self._device)
         arm_norms = active.arm_norms(norms)
         grad_scale = self._grad_scale(scaler)
         if grad_scale is not None:
             arm_norms = arm_norms / grad_scale.to(arm_norms.device, torch.float32)
-        return total, arm_norms
+        return total, arm_norms, grads
 
-    def _finish_step(self, pending: PendingStep, grads: list[Tensor], found_inf: Tensor,
-                     scaler: GradScaler | None) -> None:
+    def _finish_step(self, pending: PendingStep, grads: list[Tensor | None],
+                     found_inf: Tensor, scaler: GradScaler | None) -> None:
         """The end of every step (second_step's, one-pass's): restore x and take the base
-        step with ``grads`` (the update gradients of ``pending``'s tensors), skipped when
+        step with ``grads`` (the update gradients of ``pending.params``, in its order;
+        ``None`` where a tensor got none), skipped when
         ``found_inf`` or GradScaler.step()'s found_inf is set; then the EXP3 update from
         ``pending.arm_norms``, the skip count, the scaler's record and the next mask.
         A failing update puts the weights back at x and forgets the step."""
