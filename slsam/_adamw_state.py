@@ -71,18 +71,19 @@ def adamw_states(state: dict[Tensor, dict[str, Any]], params: list[Tensor]) -> M
     steps: list[Tensor] = []
     wide: list[int] = []
     half = torch.float16
+    device = params[0].device if params else None  # one device per optimizer (checked)
     for i, p in enumerate(params):
         entry = state[p]
         if entry:
-            step, m, v = entry["step"], entry["exp_avg"], entry["exp_avg_sq"]
-            dtype, stride = p.dtype, p.stride()
-            if (dtype is not half and m.dtype is dtype and v.dtype is dtype
-                    and m.stride() == stride and v.stride() == stride
-                    and step.device == p.device):
-                ms.append(m)
-                vs.append(v)
-                steps.append(step)
-                continue
+            m, v, step = entry["exp_avg"], entry["exp_avg_sq"], entry["step"]
+            dtype = p.dtype
+            if dtype is not half and m.dtype is dtype and v.dtype is dtype:
+                stride = p.stride()
+                if m.stride() == stride and v.stride() == stride and step.device == device:
+                    ms.append(m)
+                    vs.append(v)
+                    steps.append(step)
+                    continue
         entry = adamw_state(entry, p)
         ms.append(entry["exp_avg"])
         vs.append(entry["exp_avg_sq"])
