@@ -328,7 +328,7 @@ class SLSAM(torch.optim.Optimizer):
         self._gradless.open(len(active.active_arms), active.active, grads)
         if scaler is not None:
             _amp.allow_second_unscale(scaler, self)
-        active.clear_grads()
+        active.clear_grads(drop_inactive=False)
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False, *, scaler: GradScaler | None = None) -> None:
@@ -443,7 +443,7 @@ class SLSAM(torch.optim.Optimizer):
         if scaler is not None and scaler.is_enabled():
             _amp.record_step(scaler, self, found_inf)
         self._pending = None
-        self._set.clear_grads()
+        self._set.clear_grads(drop_inactive=False)
         if self._bandit.sparse:
             self._set_mask(self._bandit.sample())
 
