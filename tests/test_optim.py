@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import batch, tiny_mlp
 
 import slsam
+from slsam import _marks
 
 
 def make_closure(model, opt, x, y, zero=True):
@@ -68,6 +69,27 @@ def test_inactive_tensors_untouched_and_gradless():
                     assert torch.equal(st[key], state_before[id(p)][key])
             else:
                 assert not torch.equal(a, b)
+
+
+def test_requires_grad_and_mask_mark_follow_the_mask():
+    """After every step each arm requires grad exactly when the mask has it on, and
+    carries the masked mark exactly when it does not, also after arms were turned on by
+    hand (a careless unfreeze) or inside dense()."""
+    model = tiny_mlp(depth=8)
+    opt = slsam.SLSAM(model.parameters(), lr=1e-2, sparsity=0.3, seed=3)
+    params = list(model.parameters())
+    for i in range(8):
+        if i % 3 == 1:
+            for p in params:
+                p.requires_grad_(True)
+        if i % 3 == 2:
+            with opt.dense():
+                pass
+        x, y = batch(i)
+        opt.step(make_closure(model, opt, x, y))
+        for p, on in zip(params, opt.mask.tolist(), strict=True):
+            assert p.requires_grad == on
+            assert getattr(p, _marks.MASKED, False) == (not on)
 
 
 def test_active_count_and_probabilities():
