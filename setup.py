@@ -78,7 +78,8 @@ def extension():
         # -fmad=false: no contraction of a * b + c into a fused multiply-add
         # (nvcc's default), for the same reason as -ffp-contract=off above:
         # the kernels shared with the CPU (slsam/elementwise.h, slsam/bandit.h)
-        # then round as the CPU kernels do.
+        # then round as the CPU kernels do, and a kernel's vector and scalar
+        # paths (csrc/cuda/launch.cuh) alike.
         args["nvcc"] = ["-O3", "-lineinfo", "-fmad=false"]
         kind = CUDAExtension
     return kind(

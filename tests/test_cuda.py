@@ -57,6 +57,23 @@ def test_grad_norms_deterministic_and_alignment_independent():
     assert torch.equal(a[0], d[0]) and torch.equal(a[1], d[1])
 
 
+def test_grad_norms_of_a_tensor_do_not_depend_on_its_neighbours():
+    # Tensors of up to 4096 elements are packed, up to 32 to a block, one warp each
+    # (slsam::plan_blocks): a tensor's summation order follows from its own size only.
+    sizes = [(1,), (384,), (4095,), (4096,), (4097,), (CHUNK + 1,), (7, 9), *SIZES["many"][:200]]
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        grads = make(sizes, dtype, 5, device=DEV)
+        norms, _ = ops.grad_norms(grads)
+        for i, g in enumerate(grads[:8]):
+            alone, _ = ops.grad_norms([g])
+            assert torch.equal(norms[i], alone[0]), (dtype, sizes[i])
+        reverse, _ = ops.grad_norms(grads[::-1])
+        assert torch.equal(reverse.flip(0), norms), dtype
+        # Packed tensors misaligned: the same bits on the scalar path.
+        moved, _ = ops.grad_norms([misaligned(g) for g in grads])
+        assert torch.equal(moved, norms), dtype
+
+
 # -------------------------------------------------------------- restore_adamw
 
 

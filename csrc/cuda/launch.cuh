@@ -1,19 +1,22 @@
 // The CUDA multi-tensor launcher shared by every slsam CUDA kernel.
 //
-// A tensor list is cut into chunks of kChunk elements (slsam/chunks.h); each
-// thread block handles one chunk. The host packs one small POD record per
-// non-empty tensor (data pointers, numel, index of its first chunk) into a
-// byte table, copies it to the device once per call (pinned buffer from the
-// caching host allocator, cudaMemcpyAsync on the current stream: no host
-// sync), and launches one grid per dtype present in the list. A block finds
-// its tensor by binary search over the records' first-chunk indices, so a
-// list of thousands of tensors is a handful of launches, not thousands, and
-// the table costs O(tensors) bytes, not O(chunks). launch_chunks (at the end)
+// A tensor list is cut into chunks of kChunk elements (slsam/chunks.h). Per
+// launch (one per dtype present in the list) the host builds a block plan
+// (slsam::plan_blocks, slsam/launch_map.h): a tensor over pack_max (4096)
+// elements gets one block per chunk, and the smaller ones are packed, up to
+// 32 tensors and kChunk elements per block, one warp per tensor. The host
+// packs one small POD record per non-empty tensor (data pointers, numel) and
+// one 12-byte record per block (its first tensor record, how many are packed,
+// its chunk) into a byte table and copies it to the device once per call
+// (pinned buffer from the caching host allocator, cudaMemcpyAsync on the
+// current stream: no host sync). A block reads its own record: O(1), no
+// search; the table is O(tensors + blocks) bytes. launch_chunks (at the end)
 // does all of that; an op supplies its record type and a per-chunk functor.
 //
 // Rules kept here (csrc/README.md): 64-bit sizes and offsets; empty tensors
 // have no record and no block; no float atomics (reductions have a fixed
-// order: see block_sum); memory only from the caching allocators.
+// order: see team_sum); memory only from the caching allocators; everything
+// on the current stream (see DeviceTable::upload for what that covers).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -35,9 +38,12 @@
 
 namespace slsam::cuda {
 
-// One block per chunk of slsam::kChunk elements (slsam/chunks.h, shared with
-// the CPU kernels).
-constexpr int kThreads = 512;  // threads per block of the chunk kernels
+// The launch shape of the chunk kernels (slsam/launch_map.h; kChunk, in
+// slsam/chunks.h, is shared with the CPU kernels).
+constexpr LaunchShape kShape{};
+constexpr int kThreads = static_cast<int>(kShape.threads);  // threads per block
+static_assert(kShape.warp == 32 && kThreads % 32 == 0 && kThreads > 32 && kThreads <= 1024,
+              "team_sum tells a block from a warp by its size, and needs whole warps");
 // Contiguous elements per thread per iteration: one 16-byte vector for every
 // dtype (4 fp32, 8 bf16/fp16, 2 fp64), the widest load and store a thread can
 // issue as one instruction.
@@ -65,6 +71,15 @@ class DeviceTable {
 
   // Pinned staging buffer + non_blocking copy: cudaMemcpyAsync on the current
   // stream, and the host block is recycled only after the copy has run.
+  //
+  // NOTE: safe on any current stream without record_stream: the device
+  // buffer is allocated (with the caller's CUDAGuard set) on the current
+  // stream of the tensors' device, and only that stream uses it: the copy
+  // and every launch of the op run there. Freed when the op returns, it goes
+  // back to that stream's pool, so the next allocation that reuses it is
+  // ordered after these kernels; the same holds for the op's other scratch
+  // (grad_norms' partials, converted scalars, dense copies of operands). The
+  // pinned block carries an event recorded on the same stream.
   //
   // NOTE: refused while the stream is being captured into a CUDA graph: a
   // replay would copy from a host block the caching allocator has since
@@ -99,10 +114,11 @@ class DeviceTable {
 // One launch: the non-empty tensors of one dtype, in list order.
 struct Group {
   at::ScalarType dtype;
-  std::vector<size_t> members;      // indices into the tensor list
-  std::vector<int64_t> chunk_first;  // first chunk of each member within the launch
-  int64_t chunks = 0;
-  size_t table_offset = 0;  // where the op put this group's records in its DeviceTable
+  std::vector<size_t> members;  // indices into the tensor list
+  int64_t chunks = 0;           // an upper bound of the plan's blocks
+  BlockPlan plan;               // over members: plan.order indexes `members`
+  size_t entries_offset = 0;    // where this group's records are in the op's DeviceTable
+  size_t blocks_offset = 0;     // and its plan.blocks
 };
 
 inline std::vector<Group> group_by_dtype(at::TensorList tensors) {
@@ -115,13 +131,14 @@ inline std::vector<Group> group_by_dtype(at::TensorList tensors) {
       if (h.dtype == tensors[i].scalar_type()) g = &h;
     }
     if (g == nullptr) {
-      groups.push_back(Group{tensors[i].scalar_type(), {}, {}, 0, 0});
+      groups.push_back(Group{tensors[i].scalar_type(), {}, 0, {}, 0, 0});
       g = &groups.back();
     }
     g->members.push_back(i);
-    g->chunk_first.push_back(g->chunks);
-    g->chunks += num_chunks(numel, kChunk);
+    g->chunks += num_chunks(numel, kShape.chunk);
   }
+  // Packing only merges blocks: the plan has at most `chunks` blocks, so its
+  // 32-bit fields (slsam::BlockWork) and the grid size hold.
   for (const auto& g : groups) {
     TORCH_CHECK(g.chunks <= std::numeric_limits<int32_t>::max(),
                 "slsam: tensor list too large for one launch (", g.chunks, " chunks)");
@@ -178,41 +195,35 @@ __device__ inline double read_scalar(const ScalarArg& a) {
   }
 }
 
-// The chunk a block works on (slsam/launch_map.h holds the index map, shared
-// with the host-side replay in tests/cpp/test_math.cpp). All threads of a
-// block search the same entries, so the loads are broadcasts served from L1.
+// One piece of a block's work (slsam::Work) with its record: a chunk of one
+// tensor, walked by a team of `threads` threads (the whole block for a chunk
+// of a large tensor, one warp for a packed tensor) in which this thread is
+// number `thread`. slsam/launch_map.h holds the map, shared with the
+// host-side replay in tests/cpp/test_math.cpp.
 template <typename Entry>
 struct ChunkOf {
   Entry e;
-  int64_t local;  // chunk index within its tensor
-  int64_t begin;  // first element
-  int64_t n;      // elements in the chunk (<= kChunk)
+  int64_t local;    // chunk index within its tensor
+  int64_t begin;    // first element
+  int64_t n;        // elements in the chunk (<= kChunk)
+  int64_t thread;   // this thread's index in the team
+  int64_t threads;  // kThreads or 32
 };
-
-template <typename Entry>
-__device__ inline ChunkOf<Entry> this_chunk(const Entry* entries, int64_t n_entries) {
-  const int64_t c = blockIdx.x;
-  ChunkOf<Entry> ch;
-  ch.e = entries[find_entry(entries, n_entries, c)];
-  const ChunkSpan s = chunk_span(ch.e.numel, ch.e.chunk_first, c, kChunk);
-  ch.local = s.local;
-  ch.begin = s.begin;
-  ch.n = s.n;
-  return ch;
-}
 
 // A pointer allows the vector path when it is 16-byte aligned. Chunks start
 // at multiples of kChunk elements, so a chunk is aligned iff its tensor's data
 // pointer is; a view at any other offset (1 element, or 8 bytes) takes the
-// scalar path, with the same element-to-thread map and so the same results.
+// scalar path, with the same element-to-thread map and the same per-element
+// code, and so the same results: nvcc builds with -fmad=false (setup.py), so
+// no multiply-add is contracted on one path and not on the other.
 __device__ inline bool vec_ok(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
-// This thread's groups of kILP<T> elements of a chunk of n (slsam::for_each_group).
-template <typename T, typename Body>
-__device__ inline void for_each_group(int64_t n, bool vec, Body&& body) {
-  slsam::for_each_group<kILP<T>>(n, vec, threadIdx.x, blockDim.x, static_cast<Body&&>(body));
+// This thread's groups of kILP<T> elements of its team's chunk (slsam::for_each_group).
+template <typename T, typename Entry, typename Body>
+__device__ inline void for_each_group(const ChunkOf<Entry>& ch, bool vec, Body&& body) {
+  slsam::for_each_group<kILP<T>>(ch.n, vec, ch.thread, ch.threads, static_cast<Body&&>(body));
 }
 
 // kILP<T> consecutive elements starting at i; with kVec false, reads past n
@@ -269,7 +280,8 @@ __device__ inline T warp_sum(T v) {
 
 // Deterministic block sum (blockDim.x a multiple of 32, <= 1024): warps in a
 // fixed butterfly, then warp 0 over the warp sums. The result is valid in
-// thread 0. Contains __syncthreads: call from all threads of the block.
+// thread 0. Contains __syncthreads: call from all threads of the block, once
+// per kernel (the warp sums' shared buffer is not reset between calls).
 template <typename T>
 __device__ inline T block_sum(T v) {
   __shared__ T warp_sums[32];
@@ -286,28 +298,50 @@ __device__ inline T block_sum(T v) {
   return v;
 }
 
+// Deterministic sum over the team of a chunk (a block, or a warp for a
+// packed tensor), valid in team thread 0. A tensor's team depends only on its
+// size, so its reduction order does not depend on what it is packed with.
+// Call from every thread of the team.
+template <typename T, typename Entry>
+__device__ inline T team_sum(const ChunkOf<Entry>& ch, T v) {
+  return ch.threads == kThreads ? block_sum(v) : warp_sum(v);
+}
+
 // ------------------------------------------------------------- the launcher
 
-// The kernel of every chunk op: each block runs body on its chunk.
+// The kernel of every chunk op: each block reads its plan record and runs
+// body on each piece of its work (slsam::for_each_work).
 template <typename scalar_t, typename Body>
 __global__ void __launch_bounds__(kThreads)
-    chunk_kernel(const typename Body::Entry* entries, int64_t n_entries, Body body) {
-  body.template run<scalar_t>(this_chunk(entries, n_entries));
+    chunk_kernel(const typename Body::Entry* entries, const BlockWork* blocks, Body body) {
+  using Entry = typename Body::Entry;
+  const BlockWork b = blocks[blockIdx.x];
+  // LaunchShape{} is kShape: device code cannot read a host constexpr object.
+  for_each_work(
+      b, threadIdx.x, LaunchShape{}, [&](int64_t r) { return entries[r].numel; },
+      [&](const Work& w) {
+        const ChunkOf<Entry> ch{entries[w.record], w.span.local, w.span.begin,
+                                w.span.n,          w.thread,     w.threads};
+        body.template run<scalar_t>(ch);
+      });
 }
 
 // One multi-tensor operation over `tensors`: one record (Body::Entry) per
-// non-empty tensor, grouped by dtype, appended to `table` after the records
-// the op put there itself, one upload, then one grid per dtype group, a block
-// per chunk, each block calling body.run<scalar_t>(its ChunkOf<Entry>).
-// make_entry(i) fills the record's pointers for tensors[i]; numel and
-// chunk_first are set here. `table` stays the caller's, so launches after this
-// one can read the op's own records from the same upload.
+// non-empty tensor, grouped by dtype, a block plan per group
+// (slsam::plan_blocks), records and plans appended to `table` after the
+// records the op put there itself, one upload, then one grid per dtype
+// group, each block calling body.run<scalar_t>(ChunkOf<Entry>) for each piece
+// of its work. make_entry(i) fills the record's pointers for tensors[i];
+// numel is set here. `table` stays the caller's, so launches after this one
+// can read the op's own records from the same upload.
 //
 // Body: a trivially copyable struct (it is a kernel argument) with
-//   using Entry = ...;  // POD record with `int64_t numel, chunk_first`
+//   using Entry = ...;  // POD record with an `int64_t numel`
 //   template <typename scalar_t> __device__ void run(const ChunkOf<Entry>&) const;
-// run is called by every thread of the block (it may use __shared__ and
-// __syncthreads()).
+// run is called by every thread of the chunk's team (ch.threads threads: the
+// block, or one warp of it), each team of a block on its own chunk; it may
+// reduce over the team (team_sum) but must not use __syncthreads, and must
+// compute per-chunk scalars in every thread (identical bits in each).
 template <typename Body, typename MakeEntry>
 void launch_chunks(at::TensorList tensors, const at::Device& device, DeviceTable& table,
                    MakeEntry&& make_entry, const Body& body) {
@@ -315,25 +349,31 @@ void launch_chunks(at::TensorList tensors, const at::Device& device, DeviceTable
   static_assert(std::is_trivially_copyable<Body>::value, "Body is a kernel argument");
   auto groups = group_by_dtype(tensors);
   for (auto& g : groups) {
+    std::vector<int64_t> numels;
+    numels.reserve(g.members.size());
+    for (size_t m : g.members) numels.push_back(tensors[m].numel());
+    g.plan = plan_blocks(numels, kShape);
     std::vector<Entry> entries;
-    entries.reserve(g.members.size());
-    for (size_t k = 0; k < g.members.size(); ++k) {
-      Entry e = make_entry(g.members[k]);
-      e.numel = tensors[g.members[k]].numel();
-      e.chunk_first = g.chunk_first[k];
+    entries.reserve(g.plan.order.size());
+    for (int64_t k : g.plan.order) {
+      const size_t m = g.members[static_cast<size_t>(k)];
+      Entry e = make_entry(m);
+      e.numel = tensors[m].numel();
       entries.push_back(e);
     }
-    g.table_offset = table.add(entries);
+    g.entries_offset = table.add(entries);
+    g.blocks_offset = table.add(g.plan.blocks);
   }
   table.upload(device);
   auto stream = c10::cuda::getCurrentCUDAStream();
   for (const auto& g : groups) {
-    check_grid(g.chunks);
-    const auto* entries = table.at<Entry>(g.table_offset);
-    const auto n_entries = static_cast<int64_t>(g.members.size());
+    const auto blocks = static_cast<int64_t>(g.plan.blocks.size());
+    check_grid(blocks);
+    const auto* entries = table.at<Entry>(g.entries_offset);
+    const auto* plan = table.at<BlockWork>(g.blocks_offset);
     SLSAM_DISPATCH_FLOATING(g.dtype, "slsam_launch_chunks", [&] {
-      chunk_kernel<scalar_t, Body><<<static_cast<unsigned>(g.chunks), kThreads, 0, stream>>>(
-          entries, n_entries, body);
+      chunk_kernel<scalar_t, Body><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+          entries, plan, body);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

@@ -1,15 +1,18 @@
 // Per-tensor and global L2 norms of a tensor list on CUDA.
 //
 // NOTE: deterministic, with no float atomics, in three launches:
-//   1. SumSquares (launch_chunks): one block per chunk writes the chunk's sum of squares
-//      (opmath accumulation: fp32 for fp32/bf16/fp16, fp64 for fp64; a fixed
-//      thread->element map and a fixed block tree) as one fp64 partial;
+//   1. SumSquares (launch_chunks): each chunk's team (the block for a chunk of
+//      a large tensor, one warp for a packed tensor) writes the chunk's sum of
+//      squares (opmath accumulation: fp32 for fp32/bf16/fp16, fp64 for fp64;
+//      a fixed thread->element map and a fixed block or warp tree) as one
+//      fp64 partial;
 //   2. tensor_sums_kernel: one warp per tensor adds its partials, lane l taking
 //      chunks l, l + 32, ... in order, then a fixed butterfly; writes the fp64
 //      sum and the fp32 norm;
 //   3. total_kernel: one block adds the per-tensor sums in a fixed order.
-// The bits depend only on the data (not on the GPU, alignment or stream), so
-// the same input twice gives the same norms. They differ from the CPU
+// The bits depend only on the data (not on the GPU, alignment, stream, or the
+// tensors a small one is packed with: its team and map follow from its own
+// size), so the same input twice gives the same norms. They differ from the CPU
 // kernel's in the last bits: the order of additions inside a chunk differs.
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -27,8 +30,17 @@ struct NormEntry {
   const void* w;  // nullptr unless weighted (ASAM)
   int64_t partial_first;  // within the whole list (index into partials)
   int64_t numel;
-  int64_t chunk_first;  // within the launch
 };
+
+// acc + v * v with two roundings, never one fused multiply-add, whatever the
+// nvcc flags: the vector and scalar paths (and every GPU) then give the same
+// bits by construction, not by ptxas making the same contraction choice twice.
+__device__ inline float add_square(float acc, float v) {
+  return __fadd_rn(acc, __fmul_rn(v, v));
+}
+__device__ inline double add_square(double acc, double v) {
+  return __dadd_rn(acc, __dmul_rn(v, v));
+}
 
 // Pass 1: the chunk's sum of squares (of |w| * g when weighted) into its partial.
 template <bool kWeighted>
@@ -46,7 +58,7 @@ struct SumSquares {
     acc_t acc[kN];
 #pragma unroll
     for (int j = 0; j < kN; ++j) acc[j] = acc_t(0);
-    for_each_group<scalar_t>(ch.n, vec, [&](int64_t i, auto full) {
+    for_each_group<scalar_t>(ch, vec, [&](int64_t i, auto full) {
       constexpr bool kVec = decltype(full)::value;
       scalar_t rg[kN];
       load<kVec>(rg, g, i, ch.n);
@@ -57,19 +69,19 @@ struct SumSquares {
         for (int j = 0; j < kN; ++j) {
           const acc_t wj = static_cast<acc_t>(rw[j]);
           const acc_t v = (wj < acc_t(0) ? -wj : wj) * static_cast<acc_t>(rg[j]);
-          acc[j] += v * v;
+          acc[j] = add_square(acc[j], v);
         }
       } else {
 #pragma unroll
         for (int j = 0; j < kN; ++j) {
           const acc_t v = static_cast<acc_t>(rg[j]);
-          acc[j] += v * v;
+          acc[j] = add_square(acc[j], v);
         }
       }
     });
     acc_t s = pairwise_sum<kN>(acc);
-    s = block_sum(s);
-    if (threadIdx.x == 0) partials[ch.e.partial_first + ch.local] = static_cast<double>(s);
+    s = team_sum(ch, s);
+    if (ch.thread == 0) partials[ch.e.partial_first + ch.local] = static_cast<double>(s);
   }
 };
 
@@ -144,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor> grad_norms_cuda(at::TensorList grads,
   const size_t first_offset = table.add(first);
   const auto entry = [&](size_t i) {
     return NormEntry{gs[i].const_data_ptr(), weighted ? ws[i].const_data_ptr() : nullptr,
-                     first[i], 0, 0};
+                     first[i], 0};
   };
   double* partials_ptr = partials.mutable_data_ptr<double>();
   if (weighted) {

@@ -30,18 +30,18 @@ struct WordOf<8> {
   using type = uint64_t;
 };
 
-template <typename scalar_t>
-__device__ inline void copy_chunk(void* dst_base, const void* src_base, int64_t begin,
-                                  int64_t n) {
+template <typename scalar_t, typename Entry>
+__device__ inline void copy_chunk(void* dst_base, const void* src_base,
+                                  const ChunkOf<Entry>& ch) {
   using word_t = typename WordOf<sizeof(scalar_t)>::type;
-  word_t* dst = static_cast<word_t*>(dst_base) + begin;
-  const word_t* src = static_cast<const word_t*>(src_base) + begin;
+  word_t* dst = static_cast<word_t*>(dst_base) + ch.begin;
+  const word_t* src = static_cast<const word_t*>(src_base) + ch.begin;
   const bool vec = vec_ok(dst) && vec_ok(src);
-  for_each_group<word_t>(n, vec, [&](int64_t i, auto full) {
+  for_each_group<word_t>(ch, vec, [&](int64_t i, auto full) {
     constexpr bool kVec = decltype(full)::value;
     word_t r[kILP<word_t>];
-    load<kVec>(r, src, i, n);
-    store<kVec>(dst, r, i, n);
+    load<kVec>(r, src, i, ch.n);
+    store<kVec>(dst, r, i, ch.n);
   });
 }
 
@@ -52,7 +52,6 @@ struct PerturbEntry {
   const void* g;
   void* backup;
   int64_t numel;
-  int64_t chunk_first;
 };
 
 struct Perturb {
@@ -64,21 +63,17 @@ struct Perturb {
   template <typename scalar_t>
   __device__ void run(const ChunkOf<Entry>& ch) const {
     using acc_t = at::opmath_type<scalar_t>;
-    __shared__ acc_t s_scale;
-    if (threadIdx.x == 0) {
-      // In fp64, then rounded once, as the CPU kernel does.
-      s_scale = static_cast<acc_t>(
-          perturb_scale<double>(read_scalar(total_norm), rho, kPerturbEps));
-    }
-    __syncthreads();
-    const acc_t scale = s_scale;
+    // In fp64, then rounded once, as the CPU kernel does; in every thread
+    // (launch_chunks: no block barrier), with the same bits in each.
+    const auto scale = static_cast<acc_t>(
+        perturb_scale<double>(read_scalar(total_norm), rho, kPerturbEps));
     const bool moves = perturb_moves(scale);  // false: x stays bit for bit
     scalar_t* x = static_cast<scalar_t*>(ch.e.x) + ch.begin;
     const scalar_t* g = static_cast<const scalar_t*>(ch.e.g) + ch.begin;
     scalar_t* bk = static_cast<scalar_t*>(ch.e.backup) + ch.begin;
     constexpr int kN = kILP<scalar_t>;
     const bool vec = vec_ok(x) && vec_ok(g) && vec_ok(bk);
-    for_each_group<scalar_t>(ch.n, vec, [&](int64_t i, auto full) {
+    for_each_group<scalar_t>(ch, vec, [&](int64_t i, auto full) {
       constexpr bool kVec = decltype(full)::value;
       scalar_t rx[kN], rg[kN], out[kN];
       load<kVec>(rx, x, i, ch.n);
@@ -112,7 +107,7 @@ void perturb_cuda(at::TensorList params, at::TensorList grads, at::TensorList ba
       params, device,
       [&](size_t i) {
         return PerturbEntry{params[i].data_ptr(), gs[i].const_data_ptr(), backups[i].data_ptr(),
-                            0, 0};
+                            0};
       },
       Perturb{norm, rho, adaptive});
 }
@@ -123,7 +118,6 @@ struct CopyEntry {
   void* dst;
   const void* src;
   int64_t numel;
-  int64_t chunk_first;
 };
 
 struct Copy {
@@ -131,7 +125,7 @@ struct Copy {
 
   template <typename scalar_t>
   __device__ void run(const ChunkOf<Entry>& ch) const {
-    copy_chunk<scalar_t>(ch.e.dst, ch.e.src, ch.begin, ch.n);
+    copy_chunk<scalar_t>(ch.e.dst, ch.e.src, ch);
   }
 };
 
@@ -147,7 +141,7 @@ void restore_cuda(at::TensorList params, at::TensorList backups) {
   for (size_t i = 0; i < n; ++i) bks.push_back(as_layout_of(backups[i], params[i]));
   launch_chunks(
       params, device,
-      [&](size_t i) { return CopyEntry{params[i].data_ptr(), bks[i].const_data_ptr(), 0, 0}; },
+      [&](size_t i) { return CopyEntry{params[i].data_ptr(), bks[i].const_data_ptr(), 0}; },
       Copy{});
 }
 
@@ -162,7 +156,6 @@ struct AdamWEntry {
   const void* step;
   int64_t step_is_double;
   int64_t numel;
-  int64_t chunk_first;
 };
 
 __device__ inline double read_step(const void* p, int64_t is_double) {
@@ -181,24 +174,17 @@ struct RestoreAdamW {
   template <typename scalar_t>
   __device__ void run(const ChunkOf<Entry>& ch) const {
     using acc_t = at::opmath_type<scalar_t>;
-    __shared__ AdamWScalars<acc_t> s_sc;
-    __shared__ acc_t s_unscale;
-    __shared__ bool s_skip;
-    if (threadIdx.x == 0) {
-      s_skip = found_inf.present && read_scalar(found_inf) != 0.0;
-      if (!s_skip) {
-        const double step = read_step(ch.e.step, ch.e.step_is_double) + 1.0;
-        s_sc = adamw_scalars<acc_t>(h, step);
-        s_unscale = static_cast<acc_t>(grad_scale.present ? 1.0 / read_scalar(grad_scale) : 1.0);
-      }
-    }
-    __syncthreads();
-    if (s_skip) {  // only the restore; moments and steps stay as they were
-      copy_chunk<scalar_t>(ch.e.x, ch.e.x0, ch.begin, ch.n);
+    // Per-chunk scalars in every thread (launch_chunks: no block barrier),
+    // with the same bits in each; the reads are broadcasts.
+    if (found_inf.present && read_scalar(found_inf) != 0.0) {
+      // Only the restore; moments and steps stay as they were.
+      copy_chunk<scalar_t>(ch.e.x, ch.e.x0, ch);
       return;
     }
-    const AdamWScalars<acc_t> sc = s_sc;
-    const acc_t unscale = s_unscale;
+    const double step = read_step(ch.e.step, ch.e.step_is_double) + 1.0;
+    const AdamWScalars<acc_t> sc = adamw_scalars<acc_t>(h, step);
+    const auto unscale =
+        static_cast<acc_t>(grad_scale.present ? 1.0 / read_scalar(grad_scale) : 1.0);
     scalar_t* x = static_cast<scalar_t*>(ch.e.x) + ch.begin;
     const scalar_t* x0 = static_cast<const scalar_t*>(ch.e.x0) + ch.begin;
     const scalar_t* g = static_cast<const scalar_t*>(ch.e.g) + ch.begin;
@@ -206,7 +192,7 @@ struct RestoreAdamW {
     scalar_t* v = static_cast<scalar_t*>(ch.e.v) + ch.begin;
     constexpr int kN = kILP<scalar_t>;
     const bool vec = vec_ok(x) && vec_ok(x0) && vec_ok(g) && vec_ok(m) && vec_ok(v);
-    for_each_group<scalar_t>(ch.n, vec, [&](int64_t i, auto full) {
+    for_each_group<scalar_t>(ch, vec, [&](int64_t i, auto full) {
       constexpr bool kVec = decltype(full)::value;
       scalar_t rx0[kN], rg[kN], rm[kN], rv[kN], rx[kN];
       load<kVec>(rx0, x0, i, ch.n);
@@ -285,7 +271,7 @@ void restore_adamw_cuda(at::TensorList params, at::TensorList backups, at::Tenso
         return AdamWEntry{params[i].data_ptr(),      bks[i].const_data_ptr(),
                           gs[i].const_data_ptr(),    exp_avgs[i].data_ptr(),
                           exp_avg_sqs[i].data_ptr(), steps[i].const_data_ptr(),
-                          steps[i].scalar_type() == at::kDouble, 0, 0};
+                          steps[i].scalar_type() == at::kDouble, 0};
       },
       RestoreAdamW{adamw_hyper(lr, beta1, beta2, weight_decay, eps), scale_arg, inf_arg});
   constexpr int kStepThreads = 256;

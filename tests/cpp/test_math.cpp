@@ -192,106 +192,302 @@ static void test_fallback_arm() {
   CHECK(slsam::fallback_arm(e, 1) == 0);
 }
 
-// A launcher record as csrc/cuda/launch.cuh builds them: one per non-empty
-// tensor, with the index of its first chunk within the launch.
-struct Entry {
+// The launcher's map before block plans, kept as the oracle for chunks of
+// unpacked tensors: one block per chunk of every non-empty tensor in list
+// order, a block finding its tensor by binary search over first chunks.
+struct OldEntry {
   int64_t tensor;
-  int64_t numel;
   int64_t chunk_first;
 };
 
-static std::vector<Entry> entries_of(const std::vector<int64_t>& numels, int64_t chunk,
-                                     int64_t* chunks) {
-  std::vector<Entry> entries;
+static std::vector<OldEntry> old_entries(const std::vector<int64_t>& numels, int64_t chunk) {
+  std::vector<OldEntry> entries;
   int64_t next = 0;
   for (size_t t = 0; t < numels.size(); ++t) {
     if (numels[t] == 0) continue;
-    entries.push_back({static_cast<int64_t>(t), numels[t], next});
+    entries.push_back({static_cast<int64_t>(t), next});
     next += slsam::num_chunks(numels[t], chunk);
   }
-  *chunks = next;
   return entries;
 }
 
-// Replays a whole grid on the host: every block locates its chunk, every
-// thread walks its groups; each element of each tensor must be visited
-// exactly once, by the same thread whether or not the vector path is on, and
-// vector groups must be whole.
-template <int kILP>
-static void replay_grid(const std::vector<int64_t>& numels, int64_t chunk, int64_t threads) {
-  int64_t chunks = 0;
-  const auto entries = entries_of(numels, chunk, &chunks);
-  for (bool vec : {false, true}) {
-    std::vector<std::vector<int>> visits(numels.size());
-    std::vector<std::vector<int64_t>> owner(numels.size());
-    for (size_t t = 0; t < numels.size(); ++t) {
-      visits[t].assign(static_cast<size_t>(numels[t]), 0);
-      owner[t].assign(static_cast<size_t>(numels[t]), -1);
+static int64_t old_find_entry(const std::vector<OldEntry>& entries, int64_t chunk) {
+  int64_t lo = 0, hi = static_cast<int64_t>(entries.size()) - 1;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo + 1) / 2;
+    if (entries[static_cast<size_t>(mid)].chunk_first <= chunk) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
     }
-    for (int64_t block = 0; block < chunks; ++block) {
-      const Entry& e = entries[static_cast<size_t>(
-          slsam::find_entry(entries.data(), static_cast<int64_t>(entries.size()), block))];
-      const auto s = slsam::chunk_span(e.numel, e.chunk_first, block, chunk);
-      CHECK(s.local >= 0 && s.n > 0 && s.n <= chunk && s.begin + s.n <= e.numel);
-      for (int64_t th = 0; th < threads; ++th) {
-        slsam::for_each_group<kILP>(s.n, vec, th, threads, [&](int64_t i, auto full) {
-          constexpr bool kVec = decltype(full)::value;
-          CHECK(!kVec || vec);
-          CHECK(!kVec || i + kILP <= s.n);
-          for (int j = 0; j < kILP && i + j < s.n; ++j) {
-            const auto k = static_cast<size_t>(s.begin + i + j);
-            ++visits[static_cast<size_t>(e.tensor)][k];
-            auto& o = owner[static_cast<size_t>(e.tensor)][k];
-            CHECK(o == -1);
-            o = block * threads + th;
-          }
+  }
+  return lo;
+}
+
+// Where an element is handled: block, team size, thread in the team, and the
+// element's chunk within its tensor.
+struct Visit {
+  int64_t block = -1;
+  int64_t threads = 0;
+  int64_t thread = -1;
+  int64_t local = -1;
+};
+
+// Structural checks of one plan: records, block capacity, the blocks of
+// unpacked tensors against the old binary search, one grad_norms partial per
+// chunk.
+static void check_plan(const std::vector<int64_t>& numels, const slsam::LaunchShape& shape,
+                       const slsam::BlockPlan& plan) {
+  const auto n = numels.size();
+  // Every non-empty tensor has exactly one record: the unpacked ones first,
+  // then the packed ones, each in list order.
+  std::vector<int64_t> want;
+  for (bool packed : {false, true}) {
+    for (size_t t = 0; t < n; ++t) {
+      if (numels[t] > 0 && slsam::is_packed(numels[t], shape) == packed) {
+        want.push_back(static_cast<int64_t>(t));
+      }
+    }
+  }
+  CHECK(plan.order == want);
+  int64_t old_blocks = 0;
+  for (int64_t v : numels) old_blocks += slsam::num_chunks(v, shape.chunk);
+  CHECK(static_cast<int64_t>(plan.blocks.size()) <= old_blocks);
+
+  const auto old = old_entries(numels, shape.chunk);
+  const auto partial_first = slsam::chunk_offsets(numels, shape.chunk);
+  std::vector<int> partials(static_cast<size_t>(partial_first.back()), 0);
+  std::vector<int64_t> next_chunk(n, 0);
+  int64_t next_record = 0;  // packed records are consecutive, block after block
+  bool packed_seen = false;
+  for (const slsam::BlockWork& b : plan.blocks) {
+    CHECK(b.record >= 0 && static_cast<size_t>(b.record) < plan.order.size());
+    if (b.packed == 0) {
+      CHECK(!packed_seen);  // unpacked blocks first
+      const int64_t t = plan.order[static_cast<size_t>(b.record)];
+      const int64_t numel = numels[static_cast<size_t>(t)];
+      CHECK(!slsam::is_packed(numel, shape));
+      // Chunks of a tensor in order, each once.
+      CHECK(b.chunk == next_chunk[static_cast<size_t>(t)]);
+      ++next_chunk[static_cast<size_t>(t)];
+      // O(1) lookup == the old binary search over all records.
+      int64_t old_first = -1;
+      for (const OldEntry& e : old) {
+        if (e.tensor == t) old_first = e.chunk_first;
+      }
+      const int64_t global = old_first + b.chunk;
+      const OldEntry& found = old[static_cast<size_t>(old_find_entry(old, global))];
+      CHECK(found.tensor == t && global - found.chunk_first == b.chunk);
+      ++partials[static_cast<size_t>(partial_first[static_cast<size_t>(t)] + b.chunk)];
+    } else {
+      packed_seen = true;
+      if (next_record == 0) next_record = b.record;
+      CHECK(b.record == next_record);
+      next_record += b.packed;
+      CHECK(b.packed >= 1 && b.packed <= shape.pack_tensors);
+      int64_t elements = 0;
+      for (int64_t j = 0; j < b.packed; ++j) {
+        const int64_t t = plan.order[static_cast<size_t>(b.record + j)];
+        const int64_t numel = numels[static_cast<size_t>(t)];
+        CHECK(slsam::is_packed(numel, shape) && numel > 0);
+        elements += numel;
+        ++next_chunk[static_cast<size_t>(t)];
+        ++partials[static_cast<size_t>(partial_first[static_cast<size_t>(t)])];
+      }
+      CHECK(elements <= shape.chunk);  // the block capacity
+    }
+  }
+  if (packed_seen) CHECK(next_record == static_cast<int64_t>(plan.order.size()));
+  for (size_t t = 0; t < n; ++t) {
+    CHECK(next_chunk[t] == slsam::num_chunks(numels[t], shape.chunk));
+  }
+  // grad_norms: each tensor's partials are chunk_offsets' slots, each chunk's
+  // written by exactly one team, so tensor_sums_kernel adds them in chunk order.
+  for (int v : partials) CHECK(v == 1);
+}
+
+// Replays a whole grid on the host: every thread of every block runs
+// for_each_work and walks its groups. Each element of each tensor must be
+// visited exactly once, by the same thread whether or not the vector path is
+// on, vector groups must be whole, and every thread of a team must see the
+// same pieces of work. Returns where each element was handled.
+template <int kILP>
+static std::vector<std::vector<Visit>> replay_grid(const std::vector<int64_t>& numels,
+                                                   const slsam::LaunchShape& shape) {
+  const auto plan = slsam::plan_blocks(numels, shape);
+  check_plan(numels, shape, plan);
+  const auto numel_of = [&](int64_t r) {
+    return numels[static_cast<size_t>(plan.order[static_cast<size_t>(r)])];
+  };
+  std::vector<std::vector<Visit>> where(numels.size());
+  for (bool vec : {false, true}) {
+    std::vector<std::vector<Visit>> seen(numels.size());
+    for (size_t t = 0; t < numels.size(); ++t) seen[t].resize(static_cast<size_t>(numels[t]));
+    for (size_t block = 0; block < plan.blocks.size(); ++block) {
+      // Per thread: its pieces (record, local chunk, team size, thread in team).
+      std::vector<std::vector<std::vector<int64_t>>> pieces(static_cast<size_t>(shape.threads));
+      for (int64_t th = 0; th < shape.threads; ++th) {
+        slsam::for_each_work(plan.blocks[block], th, shape, numel_of, [&](const slsam::Work& w) {
+          pieces[static_cast<size_t>(th)].push_back(
+              {w.record, w.span.local, w.threads, w.thread});
+          const auto& s = w.span;
+          const int64_t t = plan.order[static_cast<size_t>(w.record)];
+          CHECK(s.local >= 0 && s.n > 0 && s.n <= shape.chunk && s.begin + s.n <= numel_of(w.record));
+          CHECK(w.thread == th % w.threads);
+          slsam::for_each_group<kILP>(s.n, vec, w.thread, w.threads, [&](int64_t i, auto full) {
+            constexpr bool kVec = decltype(full)::value;
+            CHECK(!kVec || vec);
+            CHECK(!kVec || i + kILP <= s.n);
+            for (int j = 0; j < kILP && i + j < s.n; ++j) {
+              Visit& v = seen[static_cast<size_t>(t)][static_cast<size_t>(s.begin + i + j)];
+              CHECK(v.block == -1);  // visited once
+              v = Visit{static_cast<int64_t>(block), w.threads, w.thread, s.local};
+            }
+          });
         });
       }
-    }
-    std::vector<int64_t> first(numels.size(), 0);
-    for (const Entry& e : entries) first[static_cast<size_t>(e.tensor)] = e.chunk_first;
-    for (size_t t = 0; t < numels.size(); ++t) {
-      for (size_t k = 0; k < visits[t].size(); ++k) CHECK(visits[t][k] == 1);
-      // The owner of element k: thread (k mod chunk) / kILP mod threads of
-      // the block of its chunk, on both paths.
-      for (size_t k = 0; k < owner[t].size(); ++k) {
-        const auto el = static_cast<int64_t>(k);
-        const int64_t block = first[t] + el / chunk;
-        const int64_t th = (el % chunk) / kILP % threads;
-        CHECK(owner[t][k] == block * threads + th);
+      // A team's threads get the same pieces in the same order.
+      for (int64_t th = 0; th < shape.threads; ++th) {
+        for (const auto& p : pieces[static_cast<size_t>(th)]) {
+          const int64_t lead = th - p[3];
+          CHECK(lead >= 0);
+          bool same = false;
+          for (const auto& q : pieces[static_cast<size_t>(lead)]) {
+            same = same || (q[0] == p[0] && q[1] == p[1] && q[2] == p[2] && q[3] == 0);
+          }
+          CHECK(same);
+        }
       }
+    }
+    for (size_t t = 0; t < numels.size(); ++t) {
+      for (size_t k = 0; k < seen[t].size(); ++k) {
+        const Visit& v = seen[t][k];
+        CHECK(v.block >= 0);  // visited
+        // The owner of element k: thread (k mod chunk) / kILP of its team,
+        // the team being the block for an unpacked tensor, a warp for a
+        // packed one; the same on both paths.
+        const auto el = static_cast<int64_t>(k);
+        const int64_t team = slsam::is_packed(numels[t], shape) ? shape.warp : shape.threads;
+        CHECK(v.threads == team && v.local == el / shape.chunk);
+        CHECK(v.thread == (el % shape.chunk) / kILP % team);
+        if (vec) {
+          const Visit& u = where[t][k];
+          CHECK(u.block == v.block && u.thread == v.thread && u.threads == v.threads);
+        }
+      }
+    }
+    where = std::move(seen);
+  }
+  return where;
+}
+
+// A tensor's team and element map (so its reduction order) do not depend on
+// the tensors it is planned with: replayed alone, it is handled alike.
+template <int kILP>
+static void check_neighbour_free(const std::vector<int64_t>& numels,
+                                 const std::vector<std::vector<Visit>>& where,
+                                 const slsam::LaunchShape& shape) {
+  for (size_t t = 0; t < numels.size(); ++t) {
+    if (numels[t] == 0) continue;
+    const auto alone = replay_grid<kILP>({numels[t]}, shape);
+    for (size_t k = 0; k < alone[0].size(); ++k) {
+      const Visit& a = alone[0][k];
+      const Visit& b = where[t][k];
+      CHECK(a.threads == b.threads && a.thread == b.thread && a.local == b.local);
     }
   }
 }
 
 static void test_launch_map() {
-  // Small chunks and blocks, so partial groups, partial chunks, empty tensors
-  // and one-element tensors all occur.
-  replay_grid<4>({0, 1, 3, 4, 5, 63, 64, 65, 3 * 64 + 7, 0, 2, 0}, 64, 8);
-  replay_grid<4>({0}, 64, 8);
-  replay_grid<2>({1, 2, 3, 129}, 32, 4);
-  // The real launch shape: 64Ki-element chunks, 512 threads, 4 elements each.
-  replay_grid<4>({1, 65535, 65536, 65537, 3 * 65536 + 1001}, int64_t{1} << 16, 512);
-  // Thousands of tensors: find_entry over many records.
-  std::vector<int64_t> many;
-  for (int i = 0; i < 3000; ++i) many.push_back(i % 7 == 0 ? 0 : 1 + (i * 37) % 300);
-  replay_grid<4>(many, 128, 16);
+  // A small shape, so partial groups, partial chunks, full and overfull
+  // packed blocks, empty and one-element tensors all occur: chunks of 64,
+  // blocks of 8 threads, warps of 2, packing up to 16 elements, 8 per block.
+  slsam::LaunchShape small;
+  small.chunk = 64;
+  small.threads = 8;
+  small.warp = 2;
+  small.pack_max = 16;
+  small.pack_tensors = 8;
+  const std::vector<int64_t> mixed = {0, 1, 3, 4, 5, 15, 16, 17, 63, 64, 65, 3 * 64 + 7,
+                                      0, 2, 0, 16, 16, 16, 16, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+  const auto where = replay_grid<4>(mixed, small);
+  check_neighbour_free<4>(mixed, where, small);
+  replay_grid<4>({0}, small);
+  replay_grid<4>({}, small);
+  replay_grid<2>({1, 2, 3, 129, 16, 16, 16, 16, 1}, small);
+  {
+    // Capacity: four 16-element tensors fill a block's 64 elements, the
+    // fifth opens the next; eight 1-element tensors fill one by count.
+    const auto plan = slsam::plan_blocks({16, 16, 16, 16, 16, 1, 1, 1, 1, 1, 1, 1, 1}, small);
+    CHECK(plan.blocks.size() == 3);
+    CHECK(plan.blocks[0].packed == 4 && plan.blocks[1].packed == 8 &&
+          plan.blocks[2].packed == 1);
+  }
 
-  // 64-bit sizes: a tensor of 2^31 + 5 elements after a small one. Its last
-  // chunk starts at element 2^31 and holds 5; block indices stay 32-bit.
-  const int64_t chunk = int64_t{1} << 16;
+  // The real launch shape: 64Ki-element chunks, 512 threads, 4 elements each.
+  const slsam::LaunchShape real;
+  CHECK(real.pack_max == 4096 && real.pack_tensors == 32);
+  const std::vector<int64_t> sizes = {1,     384,   4095,  4096,  4097, 65535, 65536,
+                                      65537, 0,     7,     3 * 65536 + 1001, 2048, 2048};
+  const auto where_real = replay_grid<4>(sizes, real);
+  check_neighbour_free<4>(sizes, where_real, real);
+  replay_grid<8>(sizes, real);  // bf16/fp16
+  replay_grid<2>(sizes, real);  // fp64
+  {
+    const auto plan = slsam::plan_blocks(sizes, real);
+    // 4097, 65535, 65536: 1 chunk each; 65537: 2; 3 * 65536 + 1001: 4; then
+    // 1 + 384 + 4095 + 4096 + 7 + 2048 + 2048 elements in one packed block.
+    CHECK(plan.blocks.size() == 3 + 2 + 4 + 1);
+    CHECK(plan.blocks.back().packed == 7);
+  }
+
+  // 70,000 tensors (over the 65,535 a 16-bit index would hold), mostly tiny:
+  // packed 32 to a block, in a few thousand blocks instead of 70,000.
+  std::vector<int64_t> many;
+  for (int i = 0; i < 70000; ++i) many.push_back(i % 7 == 0 ? 0 : 1 + (i * 37) % 300);
+  many[12345] = 3 * 65536 + 5;
+  many[54321] = 4097;
+  replay_grid<4>(many, real);
+  {
+    const auto plan = slsam::plan_blocks(many, real);
+    CHECK(plan.order.size() == 60000);  // the 10,000 empty ones have no record
+    CHECK(plan.blocks.size() < 70000 / 16);
+  }
+
+  // 64-bit sizes: a tensor of 2^31 + 5 elements (too large to replay element
+  // by element). Its last chunk starts at element 2^31 and holds 5; chunk
+  // indices stay 32-bit.
   const int64_t big = (int64_t{1} << 31) + 5;
-  int64_t chunks = 0;
-  const auto entries = entries_of({10, 0, big, 3}, chunk, &chunks);
-  CHECK(chunks == 1 + 32769 + 1);
-  const int64_t last_of_big = 1 + 32768;
-  CHECK(slsam::find_entry(entries.data(), 3, last_of_big) == 1);
-  CHECK(slsam::find_entry(entries.data(), 3, last_of_big + 1) == 2);
-  CHECK(slsam::find_entry(entries.data(), 3, 0) == 0);
-  const auto s = slsam::chunk_span(big, 1, last_of_big, chunk);
-  CHECK(s.local == 32768 && s.begin == (int64_t{1} << 31) && s.n == 5);
-  const auto s0 = slsam::chunk_span(big, 1, 1, chunk);
-  CHECK(s0.begin == 0 && s0.n == chunk);
+  const std::vector<int64_t> huge = {10, 0, big, 3};
+  const auto plan = slsam::plan_blocks(huge, real);
+  check_plan(huge, real, plan);
+  CHECK(plan.blocks.size() == 32769 + 1);
+  CHECK(plan.order.size() == 3 && plan.order[0] == 2);
+  const slsam::BlockWork last = plan.blocks[32768];
+  CHECK(last.packed == 0 && last.record == 0 && last.chunk == 32768);
+  const auto numel_of = [&](int64_t r) { return huge[static_cast<size_t>(plan.order[static_cast<size_t>(r)])]; };
+  int pieces = 0;
+  slsam::for_each_work(last, 511, real, numel_of, [&](const slsam::Work& w) {
+    ++pieces;
+    CHECK(w.span.local == 32768 && w.span.begin == (int64_t{1} << 31) && w.span.n == 5);
+    CHECK(w.thread == 511 && w.threads == 512);
+  });
+  CHECK(pieces == 1);
+  const slsam::BlockWork first = plan.blocks[0];
+  slsam::for_each_work(first, 0, real, numel_of, [&](const slsam::Work& w) {
+    CHECK(w.span.begin == 0 && w.span.n == real.chunk);
+  });
+  // The packed block (10 and 3 elements): warps 0 and 1, nothing for warp 2.
+  const slsam::BlockWork packed = plan.blocks.back();
+  CHECK(packed.packed == 2 && packed.record == 1);
+  for (int64_t th : {0, 31, 32, 63, 64, 511}) {
+    int count = 0;
+    slsam::for_each_work(packed, th, real, numel_of, [&](const slsam::Work& w) {
+      ++count;
+      CHECK(w.record == 1 + th / 32 && w.threads == 32 && w.thread == th % 32);
+    });
+    CHECK(count == (th < 64 ? 1 : 0));
+  }
 }
 
 int main() {
