@@ -96,7 +96,8 @@ def plot(data: dict[str, Any], out: Path) -> Path:
         axes[row][0].legend(fontsize=7, loc="lower right")
     m = data.get("machine", {})
     cfg = data.get("config", {})
-    fig.suptitle(f"{m.get('cpu_model', '?')}, {m.get('torch_num_threads', '?')} threads, "
+    threads = m.get("torch_num_threads", "?")
+    fig.suptitle(f"{m.get('cpu_model', '?')}, {threads} thread{'' if threads == 1 else 's'}, "
                  f"torch {m.get('torch', '?')}, {cfg.get('device', '?')}, batch "
                  f"{cfg.get('batch', '?')}x{cfg.get('seq', '?')}, {cfg.get('steps', '?')} "
                  f"timed steps, {m.get('date', '')}", fontsize=9)
