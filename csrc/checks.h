@@ -61,8 +61,12 @@ inline void check_same_length(size_t n, size_t m, const char* name, const char* 
 
 // A read-only operand laid out like `ref` (same strides), so both can be
 // walked as flat spans in the same order. Copies only when layouts differ.
+inline bool has_layout_of(const at::Tensor& t, const at::Tensor& ref) {
+  return t.strides() == ref.strides() && t.is_non_overlapping_and_dense();
+}
+
 inline at::Tensor as_layout_of(const at::Tensor& t, const at::Tensor& ref) {
-  if (t.strides() == ref.strides() && t.is_non_overlapping_and_dense()) return t;
+  if (has_layout_of(t, ref)) return t;
   return at::empty_like(ref).copy_(t);
 }
 

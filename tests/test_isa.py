@@ -26,8 +26,9 @@ from slsam import _C, ops
 
 torch.manual_seed(0)
 out = {"isa": _C.cpu_isa()}
-# sizes: empty, tiny, odd, across the 1024-element block and the 65536 chunk
-sizes = [0, 1, 7, 1023, 1025, 65537, 200003]
+# sizes: empty, tiny, around the 16-element step of the vector loops, odd,
+# across the 1024-element block and the 65536 chunk
+sizes = [0, 1, 7, 15, 16, 17, 33, 1023, 1025, 65537, 200003]
 
 def unaligned(n, dtype):
     # a view one element into its buffer: streaming stores start after a head
@@ -55,6 +56,13 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
                        grad_scale=torch.tensor(2.0))
     out[f"{dtype}-norms"] = [norms, total, wnorms]
     out[f"{dtype}-adamw"] = ps + ms + vs
+    # non-finite gradients: NaN and inf through every operand's conversion
+    for g in gs:
+        g[::5] = float("nan")
+        g[1::7] = float("inf")
+        g[2::11] = -float("inf")
+    ops.restore_adamw_(ps, xs, gs, ms, vs, steps, 1e-3, 0.9, 0.999, 0.01, 1e-8)
+    out[f"{dtype}-adamw-nonfinite"] = ps + ms + vs
 torch.save(out, sys.argv[1])
 """
 

@@ -28,6 +28,36 @@ inline int64_t bytes_of(at::TensorList tensors) {
   return bytes;
 }
 
+// NOTE: the kernels read each tensor's data pointer once per call into these
+// tables, not per chunk: data_ptr<T>() checks the dtype and the storage on
+// every call, and copying the at::Tensor handles (as_layout_of) costs two
+// atomic reference-count updates per tensor, which is most of what a list of
+// thousands of tiny tensors costs in C++.
+
+inline std::vector<void*> data_ptrs(at::TensorList tensors) {
+  std::vector<void*> ptrs;
+  ptrs.reserve(tensors.size());
+  for (const auto& t : tensors) ptrs.push_back(t.data_ptr());
+  return ptrs;
+}
+
+// Data pointers of read-only operands laid out like refs[i] (as_layout_of):
+// a tensor is copied only where the layouts differ; `keep` holds the copies.
+inline std::vector<const void*> const_ptrs_like(at::TensorList tensors, at::TensorList refs,
+                                                std::vector<at::Tensor>& keep) {
+  std::vector<const void*> ptrs;
+  ptrs.reserve(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (has_layout_of(tensors[i], refs[i])) {
+      ptrs.push_back(tensors[i].const_data_ptr());
+    } else {
+      keep.push_back(as_layout_of(tensors[i], refs[i]));
+      ptrs.push_back(keep.back().const_data_ptr());
+    }
+  }
+  return ptrs;
+}
+
 // Calls fn(tensor_index, begin, end) for every chunk, in parallel.
 template <typename Fn>
 void for_each_chunk(at::TensorList tensors, Fn fn) {

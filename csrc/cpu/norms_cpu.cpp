@@ -20,15 +20,31 @@ std::tuple<at::Tensor, at::Tensor> grad_norms_cpu(at::TensorList grads,
                                                   const std::optional<at::TensorList>& weights) {
   const size_t n = grads.size();
   check_grad_norms_args(grads, weights);
-  std::vector<at::Tensor> ws;
-  std::vector<at::Tensor> gs;
-  gs.reserve(n);
+  // NOTE: a non-dense gradient (a strided view) is summed from a contiguous
+  // copy, kept in `keep` with any weights copied to its layout.
+  std::vector<at::Tensor> keep;
+  std::vector<const void*> gs(n), ws;
+  std::vector<int64_t> numels(n);
+  if (weights.has_value()) ws.resize(n);
   for (size_t i = 0; i < n; ++i) {
-    gs.push_back(grads[i].is_non_overlapping_and_dense() ? grads[i] : grads[i].contiguous());
-    if (weights.has_value()) ws.push_back(as_layout_of((*weights)[i], gs.back()));
+    const at::Tensor* g = &grads[i];
+    if (!g->is_non_overlapping_and_dense()) {
+      keep.push_back(g->contiguous());
+      g = &keep.back();
+    }
+    gs[i] = g->const_data_ptr();
+    numels[i] = g->numel();
+    if (weights.has_value()) {
+      const at::Tensor& w = (*weights)[i];
+      if (has_layout_of(w, *g)) {
+        ws[i] = w.const_data_ptr();
+      } else {
+        keep.push_back(as_layout_of(w, *g));
+        ws[i] = keep.back().const_data_ptr();
+      }
+    }
   }
 
-  const auto numels = numels_of(gs);
   const auto table = chunk_table(numels, kChunk);
   const auto first = chunk_offsets(numels, kChunk);
   std::vector<double> partial(table.size());
@@ -36,13 +52,12 @@ std::tuple<at::Tensor, at::Tensor> grad_norms_cpu(at::TensorList grads,
     at::parallel_for(0, static_cast<int64_t>(table.size()), 1, [&](int64_t b, int64_t e) {
       for (int64_t c = b; c < e; ++c) {
         const auto& ch = table[c];
-        const at::Tensor& g = gs[ch.tensor];
-        SLSAM_DISPATCH_FLOATING(g.scalar_type(), "grad_norms_cpu", [&] {
+        SLSAM_DISPATCH_FLOATING(grads[ch.tensor].scalar_type(), "grad_norms_cpu", [&] {
           using acc_t = at::opmath_type<scalar_t>;
           const scalar_t* w =
-              ws.empty() ? nullptr : ws[ch.tensor].const_data_ptr<scalar_t>() + ch.begin;
+              ws.empty() ? nullptr : static_cast<const scalar_t*>(ws[ch.tensor]) + ch.begin;
           partial[c] = decltype(isa)::template sum_squares_span<scalar_t, acc_t>(
-              g.const_data_ptr<scalar_t>() + ch.begin, w, ch.end - ch.begin);
+              static_cast<const scalar_t*>(gs[ch.tensor]) + ch.begin, w, ch.end - ch.begin);
         });
       }
     });
@@ -51,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor> grad_norms_cpu(at::TensorList grads,
   auto opts = at::TensorOptions().dtype(at::kFloat).device(at::kCPU);
   // NOTE: the global norm of fp64 gradients stays fp64: it scales fp64 weights.
   bool all_double = n > 0;
-  for (size_t i = 0; i < n; ++i) all_double = all_double && gs[i].scalar_type() == at::kDouble;
+  for (size_t i = 0; i < n; ++i) all_double = all_double && grads[i].scalar_type() == at::kDouble;
   at::Tensor norms = at::empty({static_cast<int64_t>(n)}, opts);
   float* np = norms.data_ptr<float>();
   double total = 0.0;
