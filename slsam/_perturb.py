@@ -23,11 +23,10 @@ def restore_groups(groups: Groups) -> None:
 def perturb_groups(param_groups: list[dict[str, Any]], per_group: list[list[Tensor]],
                    grads_by_group: list[list[Tensor]], pool: BackupPool, total: Tensor,
                    found_inf: Tensor, device: torch.device) -> tuple[Groups, Tensor]:
-    """Back up and perturb each group's tensors (those with a gradient, given with
-    their gradients) by
-    rho * g / ||g||, or ASAM's rho * x^2 g / ||x g|| in adaptive groups (along -g in
-    groups whose base optimizer maximizes); ``total`` is the
-    plain global norm. Returns the (group, tensors, backups) triples and found_inf
+    """Back up and perturb each group's tensors (those with a gradient; ``grads_by_group``
+    holds their gradients) by rho * g / ||g||, or ASAM's rho * x^2 g / ||x g|| in adaptive
+    groups (along -g in groups whose base optimizer maximizes); ``total`` is the plain
+    global norm. Returns the (group, tensors, backups) triples and found_inf
     (also set when the adaptive norm is not finite). A kernel refusing a later group
     undoes the earlier ones before the error propagates."""
     groups: Groups = []
