@@ -110,6 +110,20 @@ def test_grad_norms_non_dense_and_channels_last(device):
     torch.testing.assert_close(n1, n2)
 
 
+def test_grad_norms_weighted_with_unlike_layouts(device):
+    """ASAM's |w| * g where the gradient is not dense (summed from a copy) or the weights
+    are laid out unlike the gradient (copied to its layout)."""
+    strided = torch.randn(64, 40, device=device)[:, ::2]
+    w_strided = torch.randn(64, 20, device=device)
+    cl = torch.randn(4, 3, 5, 6, device=device).to(memory_format=torch.channels_last)
+    w_cl = torch.randn(4, 3, 5, 6, device=device)
+    grads, weights = [strided, cl, w_strided], [w_strided, w_cl, strided]
+    norms, total = ops.grad_norms(grads, weights)
+    ref, ref_total = reference.grad_norms(grads, weights)
+    torch.testing.assert_close(norms, ref, rtol=2e-6, atol=0)
+    torch.testing.assert_close(total, ref_total, rtol=2e-6, atol=0)
+
+
 def test_grad_norms_nonfinite_propagates(device):
     g = [torch.randn(100, device=device), torch.tensor([1.0, float("inf")], device=device)]
     norms, total = ops.grad_norms(g)

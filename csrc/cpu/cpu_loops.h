@@ -41,19 +41,22 @@ inline std::vector<void*> data_ptrs(at::TensorList tensors) {
   return ptrs;
 }
 
-// Data pointers of read-only operands laid out like refs[i] (as_layout_of):
-// a tensor is copied only where the layouts differ; `keep` holds the copies.
+// The data of read-only `t` laid out like `ref` (as_layout_of): `t`'s own where
+// the layouts agree, else a copy's, which `keep` holds.
+inline const void* const_ptr_like(const at::Tensor& t, const at::Tensor& ref,
+                                  std::vector<at::Tensor>& keep) {
+  if (has_layout_of(t, ref)) return t.const_data_ptr();
+  keep.push_back(as_layout_of(t, ref));
+  return keep.back().const_data_ptr();
+}
+
+// const_ptr_like for every tensors[i], laid out like refs[i].
 inline std::vector<const void*> const_ptrs_like(at::TensorList tensors, at::TensorList refs,
                                                 std::vector<at::Tensor>& keep) {
   std::vector<const void*> ptrs;
   ptrs.reserve(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
-    if (has_layout_of(tensors[i], refs[i])) {
-      ptrs.push_back(tensors[i].const_data_ptr());
-    } else {
-      keep.push_back(as_layout_of(tensors[i], refs[i]));
-      ptrs.push_back(keep.back().const_data_ptr());
-    }
+    ptrs.push_back(const_ptr_like(tensors[i], refs[i], keep));
   }
   return ptrs;
 }

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "../checks.h"
@@ -27,22 +28,13 @@ std::tuple<at::Tensor, at::Tensor> grad_norms_cpu(at::TensorList grads,
   std::vector<int64_t> numels(n);
   if (weights.has_value()) ws.resize(n);
   for (size_t i = 0; i < n; ++i) {
-    const at::Tensor* g = &grads[i];
-    if (!g->is_non_overlapping_and_dense()) {
-      keep.push_back(g->contiguous());
-      g = &keep.back();
-    }
-    gs[i] = g->const_data_ptr();
-    numels[i] = g->numel();
-    if (weights.has_value()) {
-      const at::Tensor& w = (*weights)[i];
-      if (has_layout_of(w, *g)) {
-        ws[i] = w.const_data_ptr();
-      } else {
-        keep.push_back(as_layout_of(w, *g));
-        ws[i] = keep.back().const_data_ptr();
-      }
-    }
+    at::Tensor dense;  // set only for a non-dense gradient
+    if (!grads[i].is_non_overlapping_and_dense()) dense = grads[i].contiguous();
+    const at::Tensor& g = dense.defined() ? dense : grads[i];
+    gs[i] = g.const_data_ptr();
+    numels[i] = g.numel();
+    if (weights.has_value()) ws[i] = const_ptr_like((*weights)[i], g, keep);
+    if (dense.defined()) keep.push_back(std::move(dense));
   }
 
   const auto table = chunk_table(numels, kChunk);
