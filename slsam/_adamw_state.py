@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from slsam import ops
+from slsam import _slab, ops
 
 _MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -30,24 +30,47 @@ def moment_dtype(p: Tensor) -> torch.dtype:
     return torch.float32 if p.dtype == torch.float16 else p.dtype
 
 
-def adamw_state(state: dict[str, Any], p: Tensor) -> dict[str, Any]:
-    """``state`` (the base optimizer's entry for ``p``), created or re-laid for ``p``."""
-    if not state:  # as torch.optim.AdamW lays it out (fused: step on the device)
-        state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-        for key in _MOMENTS:
-            state[key] = torch.zeros_like(p, dtype=moment_dtype(p),
-                                          memory_format=torch.preserve_format)
-        return state
-    if state["step"].device != p.device:
-        state["step"] = state["step"].to(p.device)
+def new_states(state: dict[Tensor, dict[str, Any]], params: list[Tensor]) -> None:
+    """AdamW state, as ``torch.optim.AdamW(fused=True)`` keeps it (the step on the
+    device), for ``params``, which have none yet.
+
+    NOTE: the moments of plain dense parameters are views of one zeroed buffer per
+    moment, side by side in list order (``_slab``): the fused kernel then reads each
+    moment as one stream, which at thousands of small tensors is measurably faster
+    than one short stream per tensor from the heap (benchmarks/README.md). A view keeps
+    its whole buffer alive, as one parameter's moment saved alone would save it.
+    """
+    placed = [p for p in params if _slab.placeable(p)]
+    offsets, total = [], 0
+    for p in placed:
+        offsets.append(total)
+        total += _slab.nbytes(p, moment_dtype(p))
+    buffers = [torch.zeros(total, dtype=torch.uint8, device=placed[0].device)
+               for _ in _MOMENTS] if placed else []
+    views = {id(p): off for p, off in zip(placed, offsets, strict=True)}
+    for p in params:
+        entry = state[p]
+        entry["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+        dtype = moment_dtype(p)
+        off = views.get(id(p))
+        for k, key in enumerate(_MOMENTS):
+            entry[key] = (_slab.view_like(buffers[k], off, p, dtype) if off is not None else
+                          torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format))
+
+
+def relaid(entry: dict[str, Any], p: Tensor) -> dict[str, Any]:
+    """``entry`` (the base optimizer's state for ``p``) with the step on ``p``'s device
+    and the moments in ``p``'s strides and moment dtype."""
+    if entry["step"].device != p.device:
+        entry["step"] = entry["step"].to(p.device)
     dtype = moment_dtype(p)
     for key in _MOMENTS:
-        t = state[key]
+        t = entry[key]
         if (t.stride() != p.stride() or t.dtype != dtype) and t.shape == p.shape:
-            relaid = torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format)
-            relaid.copy_(t)
-            state[key] = relaid
-    return state
+            copy = torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format)
+            copy.copy_(t)
+            entry[key] = copy
+    return entry
 
 
 class Moments(NamedTuple):
@@ -60,7 +83,8 @@ class Moments(NamedTuple):
 
 
 def adamw_states(state: dict[Tensor, dict[str, Any]], params: list[Tensor]) -> Moments:
-    """:func:`adamw_state` for each of ``params`` (``state``: the base optimizer's), as lists.
+    """The state of each of ``params`` (``state``: the base optimizer's), made
+    (:func:`new_states`) or re-laid (:func:`relaid`) where needed, as lists.
 
     NOTE: one loop, and for an entry already laid out as its parameter (every step but
     the first) only the reads that tell so: at thousands of tensors a step's Python
@@ -70,26 +94,40 @@ def adamw_states(state: dict[Tensor, dict[str, Any]], params: list[Tensor]) -> M
     vs: list[Tensor] = []
     steps: list[Tensor] = []
     wide: list[int] = []
+    fresh: list[int] = []
     half = torch.float16
     device = params[0].device if params else None  # one device per optimizer (checked)
     for i, p in enumerate(params):
         entry = state[p]
-        if entry:
-            m, v, step = entry["exp_avg"], entry["exp_avg_sq"], entry["step"]
-            dtype = p.dtype
-            if dtype is not half and m.dtype is dtype and v.dtype is dtype:
-                stride = p.stride()
-                if m.stride() == stride and v.stride() == stride and step.device == device:
-                    ms.append(m)
-                    vs.append(v)
-                    steps.append(step)
-                    continue
-        entry = adamw_state(entry, p)
+        if not entry:
+            fresh.append(i)
+            ms.append(p)  # placeholders, filled once every new state is made
+            vs.append(p)
+            steps.append(p)
+            continue
+        m, v, step = entry["exp_avg"], entry["exp_avg_sq"], entry["step"]
+        dtype = p.dtype
+        if dtype is not half and m.dtype is dtype and v.dtype is dtype:
+            stride = p.stride()
+            if m.stride() == stride and v.stride() == stride and step.device == device:
+                ms.append(m)
+                vs.append(v)
+                steps.append(step)
+                continue
+        entry = relaid(entry, p)
         ms.append(entry["exp_avg"])
         vs.append(entry["exp_avg_sq"])
         steps.append(entry["step"])
         if entry["exp_avg"].dtype != p.dtype:
             wide.append(i)
+    if fresh:
+        new_states(state, [params[i] for i in fresh])
+        for i in fresh:
+            entry = state[params[i]]
+            ms[i], vs[i], steps[i] = entry["exp_avg"], entry["exp_avg_sq"], entry["step"]
+            if entry["exp_avg"].dtype != params[i].dtype:
+                wide.append(i)
+        wide.sort()
     return Moments(ms, vs, steps, wide)
 
 

@@ -18,29 +18,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_ALIGN = 64  # bytes: every view starts on a cache line (and a vector load)
+from slsam import _slab
+
 _MIN_BYTES = 128 * 1024  # below this, empty_like (see the note above)
 
 
-def _dense(t: Tensor) -> bool:
-    """Non-overlapping and without gaps (contiguous, channels_last, ...)."""
-    if t.is_contiguous() or t.numel() == 0:
-        return True
-    expected = 1
-    for d in sorted(range(t.dim()), key=lambda d: t.stride(d)):
-        if t.size(d) == 1:
-            continue
-        if t.stride(d) != expected:
-            return False
-        expected *= t.size(d)
-    return True
-
-
 def _poolable(p: Tensor) -> bool:
-    # Subclasses (DTensor under FSDP2) keep their own empty_like, and so do
-    # non-dense tensors, which the kernels then refuse with a clear error.
-    return (type(p) in (Tensor, torch.nn.Parameter)
-            and p.numel() * p.element_size() >= _MIN_BYTES and _dense(p))
+    return _slab.placeable(p) and p.numel() * p.element_size() >= _MIN_BYTES
 
 
 class BackupPool:
@@ -76,7 +60,7 @@ class BackupPool:
         for p, big in zip(params, pooled, strict=False):
             offsets.append(total)
             if big:
-                total += -(-p.numel() * p.element_size() // _ALIGN) * _ALIGN
+                total += _slab.nbytes(p, p.dtype)
         if total and (self._buffer is None or self._buffer.numel() < total):
             self._last = None
             self._buffer = None  # free the old buffer before the new one is allocated
@@ -87,8 +71,7 @@ class BackupPool:
                 out.append(torch.empty_like(p))
                 continue
             assert self._buffer is not None
-            raw = self._buffer[off: off + p.numel() * p.element_size()]
-            out.append(raw.view(p.dtype).as_strided(p.shape, p.stride()))
+            out.append(_slab.view_like(self._buffer, off, p, p.dtype))
         self._last = ([(p, p.dtype, p.shape, p.stride()) for p in params], out)
         return list(out)
 
