@@ -16,6 +16,9 @@ def test_rows_count_the_bytes_each_operator_moves():
         moved = bandwidth.BYTES_PER_ELEMENT[r["op"]] * sum(sizes) * 2  # bf16: 2 bytes
         assert abs(r["gb_s"] * 1e9 * r["median_s"] - moved) <= 1e-6 * moved
         assert r["of_copy"] == r["gb_s"] / r["copy_gb_s"]
+        copy_s = moved / (r["copy_gb_s"] * 1e9)
+        assert r["floor_s"] > 0
+        assert r["ceiling"] == pytest.approx(copy_s / (copy_s + r["floor_s"]), rel=1e-9)
         assert 0.0 < r["cpu_of_wall"]
     shares = [r["share_of_sam"] for r in rows if "share_of_sam" in r]
     assert len(shares) == len(bandwidth.SAM_STEP) and abs(sum(shares) - 1.0) < 1e-9
