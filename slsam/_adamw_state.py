@@ -41,10 +41,7 @@ def new_states(state: dict[Tensor, dict[str, Any]], params: list[Tensor]) -> Non
     its whole buffer alive, as one parameter's moment saved alone would save it.
     """
     placed = [p for p in params if _slab.placeable(p)]
-    offsets, total = [], 0
-    for p in placed:
-        offsets.append(total)
-        total += _slab.nbytes(p, moment_dtype(p))
+    offsets, total = _slab.layout(placed, [moment_dtype(p) for p in placed])
     buffers = [torch.zeros(total, dtype=torch.uint8, device=placed[0].device)
                for _ in _MOMENTS] if placed else []
     views = {id(p): off for p, off in zip(placed, offsets, strict=True)}

@@ -55,19 +55,17 @@ class BackupPool:
             return [torch.empty_like(p) for p in params]
         if self._last is not None and self._same_layouts(params):
             return list(self._last[1])
-        pooled = [_poolable(p) for p in params]
-        offsets, total = [], 0
-        for p, big in zip(params, pooled, strict=False):
-            offsets.append(total)
-            if big:
-                total += _slab.nbytes(p, p.dtype)
+        big = [p for p in params if _poolable(p)]
+        offsets, total = _slab.layout(big, [p.dtype for p in big])
+        offset_of = {id(p): off for p, off in zip(big, offsets, strict=True)}
         if total and (self._buffer is None or self._buffer.numel() < total):
             self._last = None
             self._buffer = None  # free the old buffer before the new one is allocated
             self._buffer = torch.empty(total, dtype=torch.uint8, device=params[0].device)
         out = []
-        for p, big, off in zip(params, pooled, offsets, strict=False):
-            if not big:
+        for p in params:
+            off = offset_of.get(id(p))
+            if off is None:
                 out.append(torch.empty_like(p))
                 continue
             assert self._buffer is not None

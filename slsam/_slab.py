@@ -37,14 +37,17 @@ def placeable(p: Tensor) -> bool:
     return type(p) in (Tensor, torch.nn.Parameter) and dense(p)
 
 
-def nbytes(p: Tensor, dtype: torch.dtype) -> int:
-    """Bytes ``p``'s view takes in a buffer, in ``dtype``, padded to :data:`ALIGN`."""
-    item = torch.empty((), dtype=dtype).element_size()
-    return -(-p.numel() * item // ALIGN) * ALIGN
+def layout(params: list[Tensor], dtypes: list[torch.dtype]) -> tuple[list[int], int]:
+    """The byte offset of each of ``params``' views (in ``dtypes``) in a buffer that holds
+    them side by side, each padded to :data:`ALIGN`, and the buffer's size."""
+    offsets, total = [], 0
+    for p, dtype in zip(params, dtypes, strict=True):
+        offsets.append(total)
+        total += -(-p.numel() * dtype.itemsize // ALIGN) * ALIGN
+    return offsets, total
 
 
 def view_like(buffer: Tensor, offset: int, p: Tensor, dtype: torch.dtype) -> Tensor:
     """The ``dtype`` view of ``buffer`` (uint8) at ``offset`` with ``p``'s shape and strides."""
-    item = torch.empty((), dtype=dtype).element_size()
-    raw = buffer[offset: offset + p.numel() * item]
+    raw = buffer[offset: offset + p.numel() * dtype.itemsize]
     return raw.view(dtype).as_strided(p.shape, p.stride())
