@@ -44,12 +44,11 @@ def new_states(state: dict[Tensor, dict[str, Any]], params: list[Tensor]) -> Non
     offsets, total = _slab.layout(placed, [moment_dtype(p) for p in placed])
     buffers = [torch.zeros(total, dtype=torch.uint8, device=placed[0].device)
                for _ in _MOMENTS] if placed else []
-    views = {id(p): off for p, off in zip(placed, offsets, strict=True)}
     for p in params:
         entry = state[p]
         entry["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
         dtype = moment_dtype(p)
-        off = views.get(id(p))
+        off = offsets.get(id(p))
         for k, key in enumerate(_MOMENTS):
             entry[key] = (_slab.view_like(buffers[k], off, p, dtype) if off is not None else
                           torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format))

@@ -57,14 +57,13 @@ class BackupPool:
             return list(self._last[1])
         big = [p for p in params if _poolable(p)]
         offsets, total = _slab.layout(big, [p.dtype for p in big])
-        offset_of = {id(p): off for p, off in zip(big, offsets, strict=True)}
         if total and (self._buffer is None or self._buffer.numel() < total):
             self._last = None
             self._buffer = None  # free the old buffer before the new one is allocated
             self._buffer = torch.empty(total, dtype=torch.uint8, device=params[0].device)
         out = []
         for p in params:
-            off = offset_of.get(id(p))
+            off = offsets.get(id(p))
             if off is None:
                 out.append(torch.empty_like(p))
                 continue

@@ -37,12 +37,13 @@ def placeable(p: Tensor) -> bool:
     return type(p) in (Tensor, torch.nn.Parameter) and dense(p)
 
 
-def layout(params: list[Tensor], dtypes: list[torch.dtype]) -> tuple[list[int], int]:
-    """The byte offset of each of ``params``' views (in ``dtypes``) in a buffer that holds
-    them side by side, each padded to :data:`ALIGN`, and the buffer's size."""
-    offsets, total = [], 0
+def layout(params: list[Tensor], dtypes: list[torch.dtype]) -> tuple[dict[int, int], int]:
+    """Where each of ``params``' views (in ``dtypes``) starts in a buffer that holds them
+    side by side, each padded to :data:`ALIGN` (byte offset by ``id`` of the parameter),
+    and the buffer's size."""
+    offsets, total = {}, 0
     for p, dtype in zip(params, dtypes, strict=True):
-        offsets.append(total)
+        offsets[id(p)] = total
         total += -(-p.numel() * dtype.itemsize // ALIGN) * ALIGN
     return offsets, total
 
